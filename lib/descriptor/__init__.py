@@ -1,0 +1,1 @@
+"""OVF descriptors: version tables (names), reading (reader), writing (writer)."""
