@@ -1,0 +1,244 @@
+"""``ovfconverter``: the command line.  The only place that prints, exits,
+and maps our errors to exit codes.
+
+Exit status (also in the man page's EXIT STATUS):
+  0  success
+  1  failure (bad package, disk image, cluster, I/O ...)
+  2  usage error (bad options or arguments)
+  3  verification failed (manifest, certificate, ``verify`` found problems)
+  130 interrupted
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import __version__, ganeti_env, oslist, report
+from .errors import IntegrityError, OvfError, UsageError
+from .importer import ImportRequest
+from .options import (
+    COMMON_OPTS,
+    CONFIGURATION_OPT,
+    EXPORT_OPTS,
+    IMPORT_OPTS,
+    JSON_OPT,
+    VSYS_OPT,
+    add_opts,
+    parse_mib,
+    parse_size,
+)
+
+__all__ = ["main", "EXIT_CODES", "build_parser"]
+
+PROG = "ovfconverter"
+EXIT_SUCCESS = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_VERIFY = 3
+EXIT_INTERRUPTED = 130
+
+# Ordered: the first class an error is an instance of decides its code.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (UsageError, EXIT_USAGE),
+    (IntegrityError, EXIT_VERIFY),
+    (OvfError, EXIT_FAILURE),
+)
+
+log = logging.getLogger("ganeti_ovf")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    add_opts(common, COMMON_OPTS)
+    p = _Parser(prog=PROG, parents=[common],
+                description="Convert OVF/OVA packages to and from Ganeti export directories.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    imp = sub.add_parser("import", parents=[common],
+                         help="OVF/OVA package -> Ganeti export directory")
+    imp.add_argument("package", metavar="PACKAGE", help=".ovf or .ova file")
+    add_opts(imp, IMPORT_OPTS)
+
+    exp = sub.add_parser("export", parents=[common],
+                         help="Ganeti export directory -> OVF/OVA package")
+    exp.add_argument("source", metavar="EXPORT", help="export directory or its config.ini")
+    add_opts(exp, EXPORT_OPTS)
+
+    info = sub.add_parser("info", parents=[common], help="describe a package")
+    info.add_argument("package", metavar="PACKAGE")
+    add_opts(info, (JSON_OPT, VSYS_OPT, CONFIGURATION_OPT))
+
+    ver = sub.add_parser("verify", parents=[common], help="check a package without importing")
+    ver.add_argument("package", metavar="PACKAGE")
+    add_opts(ver, (JSON_OPT,))
+
+    osl = sub.add_parser("os-list", parents=[common], help="OS names gnt-os list would show")
+    add_opts(osl, (JSON_OPT,))
+    return p
+
+
+def _setup_logging(debug: bool, verbose: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    root = logging.getLogger("ganeti_ovf")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def _emit(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+def import_request(args) -> ImportRequest:
+    """Options -> ImportRequest: the library never sees the options object."""
+    disk_sizes: dict[int, int] = {}
+    for ident, params in args.disks:
+        idx = _index(ident, "--disk")
+        if set(params) != {"size"}:
+            raise UsageError(f"--disk {ident}: only size=SIZE is accepted, got "
+                             f"{','.join(sorted(params)) or 'nothing'}")
+        if idx in disk_sizes:
+            raise UsageError(f"--disk {idx} given twice")
+        try:
+            disk_sizes[idx] = parse_size(params["size"])
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--disk {ident}: {e}") from None
+    nics = None
+    if args.nics is not None:
+        if args.no_nics:
+            raise UsageError("--net and --no-nics exclude each other")
+        by_index = {}
+        for ident, params in args.nics:
+            idx = _index(ident, "--net")
+            if idx in by_index:
+                raise UsageError(f"--net {idx} given twice")
+            by_index[idx] = params
+        if sorted(by_index) != list(range(len(by_index))):
+            raise UsageError("--net indices must be 0, 1, 2, ... without gaps")
+        nics = [by_index[i] for i in range(len(by_index))]
+    backend = dict(args.beparams)
+    for key in ("maxmem", "minmem", "memory"):
+        if key in backend:
+            try:
+                backend[key] = parse_mib(backend[key])
+            except argparse.ArgumentTypeError as e:
+                raise UsageError(f"-B {key}: {e}") from None
+    hv_name, hv_params = args.hypervisor if args.hypervisor else (None, {})
+    return ImportRequest(
+        name=args.name, os_name=args.os, os_params=args.osparams,
+        disk_template=args.disk_template, disk_sizes=disk_sizes, backend=backend,
+        hypervisor=hv_name, hv_params=hv_params, nics=nics, no_nics=args.no_nics,
+        tags=tuple(args.tags), vsys=args.vsys, configuration=args.configuration,
+        verify=args.verify,
+    )
+
+
+def _index(ident: str, opt: str) -> int:
+    if not ident.isdigit():
+        raise UsageError(f"{opt} {ident}: the index must be a number (e.g. {opt} 0:...)")
+    return int(ident)
+
+
+def cmd_import(args) -> int:
+    from .importer import import_package
+
+    req = import_request(args)
+    if not req.verify:
+        log.warning("--no-verify: manifest and certificate are NOT checked")
+    out = args.output_dir or ganeti_env.export_dir()
+    result = import_package(args.package, out, req, progress=log.info)
+    _emit(result.path)
+    return EXIT_SUCCESS
+
+
+def cmd_export(args) -> int:
+    raise UsageError("export is not implemented yet")
+
+
+def cmd_info(args) -> int:
+    data = report.package_info(args.package, vsys=args.vsys, configuration=args.configuration)
+    _emit(json.dumps(data, indent=2, sort_keys=False) if args.json else report.info_text(data))
+    return EXIT_SUCCESS
+
+
+def cmd_verify(args) -> int:
+    problems, checked = report.verify_package(args.package)
+    if args.json:
+        _emit(json.dumps({"package": args.package, "ok": not problems, "checked": checked,
+                          "problems": problems}, indent=2))
+    else:
+        for line in checked:
+            _emit(f"ok: {line}")
+        for p in problems:
+            print(f"{PROG}: {args.package}: {p}", file=sys.stderr)
+    return EXIT_VERIFY if problems else EXIT_SUCCESS
+
+
+def cmd_os_list(args) -> int:
+    names = oslist.list_os()
+    _emit(json.dumps(list(names)) if args.json else "\n".join(names) if names else "")
+    return EXIT_SUCCESS
+
+
+COMMANDS = {
+    "import": cmd_import,
+    "export": cmd_export,
+    "info": cmd_info,
+    "verify": cmd_verify,
+    "os-list": cmd_os_list,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "-d" in argv or "--debug" in argv
+    _setup_logging(debug, "-v" in argv or "--verbose" in argv)
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was left behind", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_FAILURE
+    except OvfError as e:
+        if debug:
+            log.exception("traceback")
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return next(code for cls, code in EXIT_CODES if isinstance(e, cls))
+    except OSError as e:
+        if debug:
+            log.exception("traceback")
+        where = f"{e.filename}: " if e.filename else ""
+        msg = e.strerror or errno.errorcode.get(e.errno or 0, str(e))
+        print(f"{PROG}: error: {where}{msg}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as e:  # a bug of ours: still one line, traceback with --debug
+        if debug:
+            log.exception("traceback")
+        print(f"{PROG}: internal error: {type(e).__name__}: {e} (run with --debug for "
+              "details)", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        signal.signal(signal.SIGTERM, old)

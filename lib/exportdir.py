@@ -1,0 +1,322 @@
+"""Ganeti export directories: ``config.ini`` <-> values, and atomic staging.
+
+``config.ini`` is read by Ganeti with a *interpolating* ConfigParser
+(``objects.SerializableConfigParser``), so a ``%`` in a value must be
+written as ``%%``; the string ``None`` means unset.  We write it with
+configparser, never by hand, and in the section order Ganeti 3.0 writes
+(``backend.FinalizeExport``).
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import io
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from .errors import ExportDirError
+from .model import GanetiNic
+
+__all__ = [
+    "MIB",
+    "ExportDisk",
+    "ExportConfig",
+    "size_mib",
+    "render_config",
+    "read_config",
+    "staging",
+    "staging_file",
+    "check_instance_name",
+    "MAX_DISKS",
+    "MAX_NICS",
+]
+
+MIB = 1 << 20
+MAX_DISKS = 16  # constants.MAX_DISKS: Ganeti reads disk0..disk15 only
+MAX_NICS = 8  # constants.MAX_NICS
+EXPORT_VERSION = 0
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def size_mib(nbytes: int) -> int:
+    """Bytes to Ganeti's MiB, rounded UP: rounding down would cut the disk."""
+    return max(1, math.ceil(nbytes / MIB))
+
+
+def check_instance_name(name: str, *, path: str | None = None) -> str:
+    """A name usable as Ganeti instance name and as a directory name."""
+    if not _NAME_RE.match(name) or len(name) > 255 or name.endswith("."):
+        raise ExportDirError(f"instance name {name!r} is not a valid host name "
+                             "(letters, digits, '.', '-', '_')", path)
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class ExportDisk:
+    size: int  # bytes; written as MiB rounded up
+    dump: str | None  # file name inside the export dir; None: created empty
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExportConfig:
+    """What a Ganeti export's config.ini holds.  Unset fields are not written,
+    so Ganeti's (cluster) defaults apply: nothing is invented."""
+
+    name: str
+    os: str
+    disks: tuple[ExportDisk, ...] = ()
+    nics: tuple[GanetiNic, ...] = ()
+    disk_template: str | None = None
+    hypervisor: str | None = None
+    tags: tuple[str, ...] = ()
+    backend: Mapping[str, str] = field(default_factory=dict)
+    hv_params: Mapping[str, str] = field(default_factory=dict)
+    os_params: Mapping[str, str] = field(default_factory=dict)
+    os_params_private: Mapping[str, str] = field(default_factory=dict)
+    source: str | None = None
+    timestamp: int | None = None
+
+
+def _esc(value: object) -> str:
+    return str(value).replace("%", "%%")
+
+
+def _opt(value: str | None) -> str:
+    return "None" if value is None else _esc(value)
+
+
+def render_config(cfg: ExportConfig) -> str:
+    """The config.ini text for ``cfg``, as Ganeti 3.0's import reads it."""
+    if len(cfg.disks) > MAX_DISKS:
+        raise ExportDirError(f"{len(cfg.disks)} disks; Ganeti allows at most {MAX_DISKS}")
+    if len(cfg.nics) > MAX_NICS:
+        raise ExportDirError(f"{len(cfg.nics)} NICs; Ganeti allows at most {MAX_NICS}")
+    cp = configparser.ConfigParser(interpolation=configparser.BasicInterpolation())
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    cp["export"] = {
+        "version": str(EXPORT_VERSION),
+        "timestamp": str(cfg.timestamp if cfg.timestamp is not None else int(time.time())),
+        "source": _esc(cfg.source or "ganeti-ovf"),
+        "os": _esc(cfg.os),
+        "compression": "none",
+    }
+    inst: dict[str, str] = {"name": _esc(cfg.name)}
+    be = dict(cfg.backend)
+    for key in ("maxmem", "minmem", "vcpus"):
+        if key in be:
+            inst[key] = _esc(be[key])
+    if "maxmem" in be:
+        inst["memory"] = _esc(be["maxmem"])  # for older readers, as Ganeti does
+    if cfg.disk_template:
+        inst["disk_template"] = _esc(cfg.disk_template)
+    if cfg.hypervisor:
+        inst["hypervisor"] = _esc(cfg.hypervisor)
+    inst["tags"] = _esc(" ".join(cfg.tags))
+    for i, nic in enumerate(cfg.nics):
+        inst[f"nic{i}_mac"] = _esc(nic.mac or "generate")
+        inst[f"nic{i}_ip"] = _opt(nic.ip)
+        inst[f"nic{i}_network"] = _opt(nic.network)
+        inst[f"nic{i}_name"] = _opt(nic.name)
+        inst[f"nic{i}_link"] = _opt(nic.link)
+        inst[f"nic{i}_mode"] = _opt(nic.mode)
+        inst[f"nic{i}_vlan"] = _esc(nic.vlan or "")
+    inst["nic_count"] = str(len(cfg.nics))
+    for i, d in enumerate(cfg.disks):
+        inst[f"disk{i}_ivname"] = f"disk/{i}"
+        if d.dump is not None:
+            inst[f"disk{i}_dump"] = _esc(d.dump)
+        inst[f"disk{i}_size"] = str(size_mib(d.size))
+        inst[f"disk{i}_name"] = _opt(d.name)
+    inst["disk_count"] = str(len(cfg.disks))
+    cp["instance"] = inst
+    cp["hypervisor"] = {k: _esc(v) for k, v in cfg.hv_params.items()}
+    backend = {k: _esc(v) for k, v in be.items()}
+    if "maxmem" in be and "memory" not in be:
+        # Ganeti < 2.6 (and upstream's converter) read [backend] memory.
+        backend["memory"] = _esc(be["maxmem"])
+    cp["backend"] = backend
+    cp["os"] = {k: _esc(v) for k, v in cfg.os_params.items()}
+    cp["os_private"] = {k: _esc(v) for k, v in cfg.os_params_private.items()}
+    buf = io.StringIO()
+    cp.write(buf)
+    return buf.getvalue()
+
+
+def read_config(path: str) -> ExportConfig:
+    """A Ganeti export's config.ini (3.0's, or older with ``memory``)."""
+    cp = configparser.ConfigParser(interpolation=configparser.BasicInterpolation())
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        with open(path, encoding="utf-8") as f:
+            cp.read_file(f)
+    except OSError as e:
+        raise ExportDirError(f"cannot read: {e.strerror}", path) from e
+    except (configparser.Error, UnicodeDecodeError) as e:
+        raise ExportDirError(f"not a valid config.ini: {str(e).splitlines()[0]}", path) from e
+
+    def get(section: str, key: str) -> str | None:
+        try:
+            v = cp.get(section, key)
+        except (configparser.NoSectionError, configparser.NoOptionError):
+            return None
+        except configparser.InterpolationError as e:
+            raise ExportDirError(f"[{section}] {key}: {e.message.splitlines()[0]}", path) from e
+        return None if v.strip().lower() == "none" else v
+
+    def section(name: str) -> dict[str, str]:
+        # Parameter sections are kept verbatim: "None" there is a value
+        # Ganeti wrote (and reads back), not "unset" as in [instance].
+        if not cp.has_section(name):
+            return {}
+        out = {}
+        for k in cp.options(name):
+            try:
+                out[k] = cp.get(name, k)
+            except configparser.InterpolationError as e:
+                raise ExportDirError(f"[{name}] {k}: {e.message.splitlines()[0]}", path) from e
+        return out
+
+    if not cp.has_section("export"):
+        raise ExportDirError("no [export] section: not a Ganeti export", path)
+    version = get("export", "version")
+    if version is None or version.strip() != str(EXPORT_VERSION):
+        raise ExportDirError(f"export version {version!r} is not supported "
+                             f"(Ganeti writes {EXPORT_VERSION})", path)
+    os_name = get("export", "os")
+    if not os_name:
+        raise ExportDirError("no OS in [export]", path)
+    name = get("instance", "name")
+    if not name:
+        raise ExportDirError("no instance name in [instance]", path)
+    disks = []
+    for i in range(MAX_DISKS):
+        size = get("instance", f"disk{i}_size")
+        if size is None:
+            continue
+        try:
+            mib = int(size)
+        except ValueError:
+            raise ExportDirError(f"disk{i}_size {size!r} is not a whole number", path) from None
+        disks.append(ExportDisk(size=mib * MIB, dump=get("instance", f"disk{i}_dump"),
+                                name=get("instance", f"disk{i}_name")))
+    nics = []
+    for i in range(MAX_NICS):
+        if get("instance", f"nic{i}_mac") is None and not cp.has_option("instance", f"nic{i}_mac"):
+            break
+        nics.append(GanetiNic(
+            mac=get("instance", f"nic{i}_mac"), ip=get("instance", f"nic{i}_ip"),
+            network=get("instance", f"nic{i}_network"), name=get("instance", f"nic{i}_name"),
+            link=get("instance", f"nic{i}_link"), mode=get("instance", f"nic{i}_mode"),
+            vlan=get("instance", f"nic{i}_vlan") or None,
+        ))
+    backend = section("backend")
+    if not backend:
+        # Old exports keep backend parameters in [instance].
+        for key in ("maxmem", "minmem", "memory", "vcpus", "auto_balance"):
+            v = get("instance", key)
+            if v is not None:
+                backend[key] = v
+    if "memory" in backend:
+        backend.setdefault("maxmem", backend["memory"])
+        backend.setdefault("minmem", backend["memory"])
+        del backend["memory"]
+    ts = get("export", "timestamp")
+    return ExportConfig(
+        name=name, os=os_name, disks=tuple(disks), nics=tuple(nics),
+        disk_template=get("instance", "disk_template"),
+        hypervisor=get("instance", "hypervisor"),
+        tags=tuple((get("instance", "tags") or "").split()),
+        backend=backend, hv_params=section("hypervisor"), os_params=section("os"),
+        os_params_private=section("os_private"), source=get("export", "source"),
+        timestamp=int(ts) if ts and ts.strip().isdigit() else None,
+    )
+
+
+@contextlib.contextmanager
+def staging(dest: str) -> Iterator[str]:
+    """A temporary sibling of ``dest`` renamed to ``dest`` on success.
+
+    On any exception (KeyboardInterrupt included) the sibling is removed,
+    so ``dest`` appears complete or not at all.  Mode 0700, like Ganeti's
+    own exports: dumps hold guest data.
+    """
+    parent = os.path.dirname(os.path.abspath(dest)) or "."
+    if os.path.lexists(dest):
+        raise ExportDirError("already exists; remove it or choose another name", dest)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.new-", dir=parent)
+    except OSError as e:
+        raise ExportDirError(f"cannot create a directory: {e.strerror}", parent) from e
+    try:
+        yield tmp
+        if os.path.lexists(dest):
+            raise ExportDirError("appeared while we worked; not replaced", dest)
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_config(directory: str, cfg: ExportConfig) -> str:
+    """Write ``config.ini`` (mode 0600) into ``directory``; returns its path."""
+    path = os.path.join(directory, "config.ini")
+    text = render_config(cfg)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+@contextlib.contextmanager
+def staging_file(dest: str) -> Iterator[str]:
+    """A new empty temporary sibling file of ``dest``, put in place as ``dest``
+    on success: the file variant of :func:`staging` (for an OVA).
+
+    The sibling lives in ``dest``'s directory so the final step never
+    crosses file systems.  It is fsynced, then hard-linked to ``dest``:
+    link(2) fails if ``dest`` appeared meanwhile, where rename(2) would
+    silently replace it (rename is the fallback on file systems without
+    hard links).  On any exception, KeyboardInterrupt included, the sibling
+    is removed, so ``dest`` appears complete or not at all.  Mode 0600:
+    the file holds guest data.
+    """
+    parent = os.path.dirname(os.path.abspath(dest)) or "."
+    if os.path.lexists(dest):
+        raise ExportDirError("already exists; remove it or choose another name", dest)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.new-", dir=parent)
+        os.close(fd)
+    except OSError as e:
+        raise ExportDirError(f"cannot create a file: {e.strerror}", parent) from e
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, dest)
+        except FileExistsError:
+            raise ExportDirError("appeared while we worked; not replaced", dest) from None
+        except OSError:
+            if os.path.lexists(dest):
+                raise ExportDirError("appeared while we worked; not replaced", dest) from None
+            os.rename(tmp, dest)
+        else:
+            os.unlink(tmp)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

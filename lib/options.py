@@ -1,0 +1,170 @@
+"""Command-line options, defined once and shared by ``ovfconverter`` and the
+``gnt-backup --ovf`` extension, spelled as Ganeti spells them.
+
+Each option is a small value (``Opt``) that can become an argparse or an
+optparse option; value parsers (``N:key=val,...``, ``key=val``, sizes with
+units) live here so that handlers never parse strings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Opt",
+    "parse_keyval",
+    "parse_identkeyval",
+    "parse_size",
+    "parse_mib",
+    "parse_tags",
+    "IMPORT_OPTS",
+    "EXPORT_OPTS",
+    "COMMON_OPTS",
+    "add_opts",
+]
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.I)
+_SHIFT = {"": 20, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
+
+
+def parse_size(text: str, *, default_unit: str = "m") -> int:
+    """Bytes from '10G', '512M', '1024' (MiB, as Ganeti's ParseUnit), '4KiB'.
+
+    Ganeti units are binary (M = MiB); a bare number is MiB, like
+    ``gnt-instance add --disk 0:size=1024``.
+    """
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 512M, 10G)")
+    num, unit, _ = m.groups()
+    shift = _SHIFT[(unit or default_unit).lower()]
+    value = float(num) * (1 << shift)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
+    return int(-(-value // 1))
+
+
+def parse_mib(text: str) -> str:
+    """A memory value as Ganeti stores it: whole MiB, as a string."""
+    return str(-(-parse_size(text) // (1 << 20)))
+
+
+def parse_keyval(text: str) -> dict[str, str]:
+    """``a=1,b=2`` -> dict; ``no_x`` -> x=False and ``-x`` -> x=None like Ganeti."""
+    out: dict[str, str] = {}
+    if not text:
+        return out
+    for part in text.split(","):
+        if not part:
+            continue
+        if "=" in part:
+            k, v = part.split("=", 1)
+        elif part.startswith("no_"):
+            k, v = part[3:], "False"
+        else:
+            k, v = part, "True"
+        k = k.strip()
+        if not k:
+            raise argparse.ArgumentTypeError(f"empty key in {text!r}")
+        if k in out:
+            raise argparse.ArgumentTypeError(f"key {k!r} given twice in {text!r}")
+        out[k] = v
+    return out
+
+
+def parse_identkeyval(text: str) -> tuple[str, dict[str, str]]:
+    """``ident:k=v,...`` -> (ident, dict), as Ganeti's identkeyval type."""
+    ident, sep, rest = text.partition(":")
+    if not ident:
+        raise argparse.ArgumentTypeError(f"missing identifier in {text!r}")
+    return ident, parse_keyval(rest) if sep else {}
+
+
+def parse_tags(text: str) -> list[str]:
+    tags = [t for t in re.split(r"[\s,]+", text) if t]
+    for t in tags:
+        if not re.match(r"^[\w.+*/:@-]+$", t):
+            raise argparse.ArgumentTypeError(f"invalid tag {t!r}")
+    return tags
+
+
+@dataclass(frozen=True)
+class Opt:
+    flags: tuple[str, ...]
+    dest: str
+    help: str
+    action: str = "store"
+    type: Callable[[str], Any] | None = None
+    metavar: str | None = None
+    default: Any = None
+    choices: Sequence[str] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def add_to(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+        kw: dict[str, Any] = dict(dest=self.dest, help=self.help, action=self.action,
+                                  default=self.default)
+        if self.action in ("store", "append"):
+            if self.type is not None:
+                kw["type"] = self.type
+            if self.metavar:
+                kw["metavar"] = self.metavar
+            if self.choices:
+                kw["choices"] = self.choices
+        kw.update(self.kwargs)
+        parser.add_argument(*self.flags, **kw)
+
+
+def add_opts(parser, opts: Sequence[Opt]) -> None:
+    for o in opts:
+        o.add_to(parser)
+
+
+DEBUG_OPT = Opt(("-d", "--debug"), "debug", "show tracebacks and debug messages",
+                action="store_true", default=False)
+VERBOSE_OPT = Opt(("-v", "--verbose"), "verbose", "say what is being done",
+                  action="store_true", default=False)
+NAME_OPT = Opt(("-n", "--name"), "name", "instance name (default: the package's)",
+               metavar="NAME")
+OUTPUT_DIR_OPT = Opt(("--output-dir",), "output_dir",
+                     "where to write (default: Ganeti's export directory)", metavar="DIR")
+JSON_OPT = Opt(("--json",), "json", "print JSON instead of text", action="store_true",
+               default=False)
+
+OS_OPT = Opt(("-o", "--os-type"), "os", "OS for the instance, as 'gnt-os list' names it",
+             metavar="OS")
+OSPARAMS_OPT = Opt(("-O", "--os-parameters"), "osparams", "OS parameters (key=val,...)",
+                   type=parse_keyval, metavar="PARAMS", default={})
+DISK_TEMPLATE_OPT = Opt(("-t", "--disk-template"), "disk_template",
+                        "disk template (plain, drbd, file, diskless, ...)", metavar="TEMPL")
+DISK_OPT = Opt(("--disk",), "disks", "disk size: N:size=SIZE (units: M, G, T)",
+               action="append", type=parse_identkeyval, metavar="N:size=SIZE", default=[])
+BACKEND_OPT = Opt(("-B", "--backend-parameters"), "beparams",
+                  "backend parameters (maxmem=,minmem=,vcpus=,...)", type=parse_keyval,
+                  metavar="PARAMS", default={})
+HYPERVISOR_OPT = Opt(("-H", "--hypervisor-parameters"), "hypervisor",
+                     "hypervisor and its parameters: HV[:key=val,...]",
+                     type=parse_identkeyval, metavar="HV:PARAMS")
+NET_OPT = Opt(("--net",), "nics", "NIC N: N:mac=,ip=,mode=,link=,network=",
+              action="append", type=parse_identkeyval, metavar="N:PARAMS", default=None)
+NONICS_OPT = Opt(("--no-nics",), "no_nics", "create the instance without NICs",
+                 action="store_true", default=False)
+TAGS_OPT = Opt(("--tags",), "tags", "instance tags (comma-separated)", type=parse_tags,
+               metavar="TAGS", default=[])
+VSYS_OPT = Opt(("--vsys",), "vsys", "which VirtualSystem of a collection (its ovf:id)",
+               metavar="ID")
+CONFIGURATION_OPT = Opt(("--configuration",), "configuration",
+                        "DeploymentOption configuration to use (default: the package's)",
+                        metavar="ID")
+NO_VERIFY_OPT = Opt(("--no-verify",), "verify",
+                    "skip manifest and certificate checks (you accept the risk)",
+                    action="store_false", default=True)
+
+COMMON_OPTS = (DEBUG_OPT, VERBOSE_OPT)
+IMPORT_OPTS = (NAME_OPT, OUTPUT_DIR_OPT, OS_OPT, OSPARAMS_OPT, DISK_TEMPLATE_OPT, DISK_OPT,
+               BACKEND_OPT, HYPERVISOR_OPT, NET_OPT, NONICS_OPT, TAGS_OPT, VSYS_OPT,
+               CONFIGURATION_OPT, NO_VERIFY_OPT)
+EXPORT_OPTS = (NAME_OPT, OUTPUT_DIR_OPT)

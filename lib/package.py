@@ -1,0 +1,344 @@
+"""Where a package's files live: a directory beside the ``.ovf``, or an OVA
+tar read in place.
+
+An OVA is indexed once into ``Member`` values (name, data offset, size) and
+never extracted: a disk is handed on as a ``ByteRange`` of the tar itself.
+Every name is checked before use: no URLs, no absolute paths, no ``..``, no
+links or special files, no duplicates (a tar with two members of one name is
+ambiguous, and extraction tools disagree on which wins).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import stat
+import tarfile
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .errors import PackageError, UnsafeMemberError
+from .model import ByteRange, FileRef
+
+__all__ = [
+    "Member",
+    "Package",
+    "open_package",
+    "check_name",
+    "chunk_names",
+    "MAX_DESCRIPTOR_SIZE",
+]
+
+MAX_DESCRIPTOR_SIZE = 64 << 20
+"""A descriptor larger than this is refused: real ones are kilobytes."""
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+CHUNK_SUFFIX = re.compile(r"\.(\d{9})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One regular file of the package: ``size`` bytes at ``offset`` of ``container``."""
+
+    name: str
+    container: str
+    offset: int
+    size: int
+
+    def byte_range(self) -> ByteRange:
+        return ByteRange(self.container, self.offset, self.size)
+
+
+def check_name(name: str, *, path: str) -> str:
+    """The normalised package-relative name, or UnsafeMemberError.
+
+    Pure policy (like tarfile's data filter): names are relative POSIX
+    paths that stay inside the package.
+    """
+    if not name or "\x00" in name:
+        raise UnsafeMemberError(f"file name {name!r} is empty or has a NUL byte", path, name)
+    if _SCHEME.match(name) and not re.match(r"^[A-Za-z]:[\\/]", name):
+        raise UnsafeMemberError(f"file reference {name!r} is a URL; only files in the package are used",
+                                path, name)
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:[\\/]", name):
+        raise UnsafeMemberError(f"file name {name!r} is an absolute path", path, name)
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UnsafeMemberError(f"file name {name!r} leaves the package", path, name)
+    if not parts:
+        raise UnsafeMemberError(f"file name {name!r} names no file", path, name)
+    return "/".join(parts)
+
+
+def chunk_names(href: str) -> Iterator[str]:
+    """``href.000000000``, ``href.000000001``, ... (DSP0243 chunked files)."""
+    i = 0
+    while True:
+        yield f"{href}.{i:09d}"
+        i += 1
+
+
+class Package:
+    """A package's files by name.  Subclasses say where the bytes are."""
+
+    path: str
+    descriptor_name: str
+    kind: str
+
+    def member(self, name: str) -> Member | None:
+        raise NotImplementedError
+
+    def names(self) -> tuple[str, ...]:
+        """Every regular file the package holds (for 'unreferenced file' checks)."""
+        raise NotImplementedError
+
+    # -- shared behaviour ------------------------------------------------
+
+    def get(self, name: str) -> Member:
+        """The member for a (checked) name, or PackageError naming it."""
+        safe = check_name(name, path=self.path)
+        m = self.member(safe)
+        if m is None and "%" in safe:
+            m = self.member(check_name(urllib.parse.unquote(safe), path=self.path))
+        if m is None:
+            raise PackageError(f"file {name!r} is referenced but not in the package", self.path)
+        return m
+
+    def descriptor_bytes(self) -> bytes:
+        m = self.get(self.descriptor_name)
+        if m.size > MAX_DESCRIPTOR_SIZE:
+            raise PackageError(f"descriptor {self.descriptor_name!r} is {m.size} bytes; "
+                               f"refusing more than {MAX_DESCRIPTOR_SIZE}", self.path)
+        return m.byte_range().read(0, m.size)
+
+    def sibling(self, suffix: str) -> Member | None:
+        """The descriptor's ``.mf``/``.cert`` companion, if present."""
+        stem = self.descriptor_name.rsplit(".", 1)[0]
+        return self.member(stem + suffix)
+
+    def file_members(self, ref: FileRef) -> tuple[Member, ...]:
+        """The member(s) holding a File reference: one, or its chunks in order."""
+        if ref.chunk_size is None:
+            return (self.get(ref.href),)
+        href = check_name(ref.href, path=self.path)
+        found = []
+        for cname in chunk_names(href):
+            m = self.member(cname)
+            if m is None:
+                break
+            found.append(m)
+        if not found:
+            raise PackageError(f"chunked file {ref.href!r} has no chunk {href + '.000000000'!r}",
+                               self.path)
+        for m in found[:-1]:
+            if m.size != ref.chunk_size:
+                raise PackageError(f"chunk {m.name!r} is {m.size} bytes, not the declared "
+                                   f"chunk size {ref.chunk_size}", self.path)
+        if found[-1].size > ref.chunk_size:
+            raise PackageError(f"chunk {found[-1].name!r} is larger than the chunk size "
+                               f"{ref.chunk_size}", self.path)
+        return tuple(found)
+
+    def stored_size(self, ref: FileRef) -> int:
+        return sum(m.size for m in self.file_members(ref))
+
+    def open_stream(self, ref: FileRef, *, limit: int) -> Iterator[bytes]:
+        """The file's content, chunks joined and gzip undone, in blocks.
+
+        ``limit`` bounds the bytes produced, so a gzip bomb or a lying
+        header costs at most that much.
+        """
+        members = self.file_members(ref)
+        raw = _concat(members)
+        if ref.compression is None:
+            yield from _bounded(raw, limit, self.path, ref.href)
+            return
+        if ref.compression != "gzip":
+            raise PackageError(f"file {ref.href!r} uses unsupported compression "
+                               f"{ref.compression!r} (only gzip is defined by OVF)", self.path)
+        yield from _bounded(_gunzip(raw, self.path, ref.href), limit, self.path, ref.href)
+
+
+def _concat(members: tuple[Member, ...], block: int = 1 << 20) -> Iterator[bytes]:
+    for m in members:
+        with open(m.container, "rb") as f:
+            f.seek(m.offset)
+            left = m.size
+            while left:
+                data = f.read(min(block, left))
+                if not data:
+                    raise PackageError(f"member {m.name!r} is truncated", m.container)
+                left -= len(data)
+                yield data
+
+
+class _Chunks:
+    """A read()-able view of an iterator of bytes, for gzip.GzipFile."""
+
+    def __init__(self, it: Iterator[bytes]) -> None:
+        self._it = it
+        self._buf = b""
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buf) < n:
+            try:
+                self._buf += next(self._it)
+            except StopIteration:
+                break
+        if n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+def _gunzip(raw: Iterator[bytes], path: str, href: str) -> Iterator[bytes]:
+    try:
+        with gzip.GzipFile(fileobj=_Chunks(raw), mode="rb") as gz:  # type: ignore[arg-type]
+            while True:
+                data = gz.read(1 << 20)
+                if not data:
+                    return
+                yield data
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise PackageError(f"file {href!r} is not valid gzip data: {e}", path) from e
+
+
+def _bounded(it: Iterator[bytes], limit: int, path: str, href: str) -> Iterator[bytes]:
+    total = 0
+    for data in it:
+        total += len(data)
+        if total > limit:
+            raise PackageError(f"file {href!r} expands beyond {limit} bytes, more than its "
+                               "disk can hold", path)
+        yield data
+
+
+class DirPackage(Package):
+    """A ``.ovf`` with its files beside it (in its directory or below)."""
+
+    kind = "ovf"
+
+    def __init__(self, descriptor: str) -> None:
+        self.path = descriptor
+        self.root = os.path.dirname(os.path.abspath(descriptor))
+        self.descriptor_name = os.path.basename(descriptor)
+
+    def member(self, name: str) -> Member | None:
+        # Walk component by component with lstat: a symlink anywhere on
+        # the way is refused, so nothing outside the directory is reached.
+        cur = self.root
+        parts = name.split("/")
+        for i, part in enumerate(parts):
+            cur = os.path.join(cur, part)
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                raise PackageError(f"cannot read {name!r}: {e.strerror}", self.path) from e
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafeMemberError(f"file {name!r} is a symbolic link; links are never "
+                                        "followed", self.path, name)
+            last = i == len(parts) - 1
+            if last and not stat.S_ISREG(st.st_mode):
+                raise UnsafeMemberError(f"file {name!r} is not a regular file", self.path, name)
+            if not last and not stat.S_ISDIR(st.st_mode):
+                return None
+        return Member(name, cur, 0, st.st_size)
+
+    def names(self) -> tuple[str, ...]:
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            for fn in filenames:
+                out.append(fn if rel == "." else f"{rel}/{fn}".replace(os.sep, "/"))
+        return tuple(sorted(out))
+
+
+class OvaPackage(Package):
+    """An OVA: an uncompressed tar whose members are read where they lie."""
+
+    kind = "ova"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._members: dict[str, Member] = {}
+        order: list[str] = []
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for ti in tar:
+                    name = _check_tar_member(ti, path)
+                    if name is None:
+                        continue
+                    if name in self._members:
+                        raise UnsafeMemberError(f"member {name!r} appears twice", path, name)
+                    self._members[name] = Member(name, path, ti.offset_data, ti.size)
+                    order.append(name)
+        except tarfile.TarError as e:
+            raise PackageError(f"not a valid OVA (tar) archive: {e}", path) from e
+        except OSError as e:
+            raise PackageError(f"cannot read: {e.strerror or e}", path) from e
+        size = os.path.getsize(path)
+        for m in self._members.values():
+            if m.offset + m.size > size:
+                raise PackageError(f"member {m.name!r} is truncated", path)
+        self.order = tuple(order)
+        descriptors = [n for n in order if n.lower().endswith(".ovf")]
+        if not descriptors:
+            raise PackageError("no OVF descriptor (.ovf member) in the archive", path)
+        # DSP0243: the descriptor is the first member; others read the
+        # first .ovf wherever it is, and so do we.
+        self.descriptor_name = descriptors[0]
+
+    def member(self, name: str) -> Member | None:
+        return self._members.get(name)
+
+    def names(self) -> tuple[str, ...]:
+        return self.order
+
+
+def _check_tar_member(ti: tarfile.TarInfo, path: str) -> str | None:
+    """Name of a regular member, None for a directory, UnsafeMemberError else."""
+    name = ti.name
+    if ti.isdir():
+        check_name(name, path=path)
+        return None
+    if ti.issym() or ti.islnk():
+        raise UnsafeMemberError(f"member {name!r} is a link to {ti.linkname!r}; links are "
+                                "never followed", path, name)
+    if not ti.isreg():
+        raise UnsafeMemberError(f"member {name!r} is not a regular file", path, name)
+    return check_name(name, path=path)
+
+
+def open_package(path: str) -> Package:
+    """A package from a ``.ovf`` path or an ``.ova`` path (decided by content)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise PackageError(f"cannot open: {e.strerror}", path) from e
+    if not stat.S_ISREG(st.st_mode):
+        raise PackageError("not a regular file", path)
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if _looks_like_tar(head):
+        return OvaPackage(path)
+    if path.lower().endswith(".ova"):
+        raise PackageError("not a valid OVA (tar) archive", path)
+    return DirPackage(path)
+
+
+def _looks_like_tar(head: bytes) -> bool:
+    if len(head) < 512:
+        return False
+    if head[257:262] == b"ustar":
+        return True
+    try:
+        # Old v7 tar: no magic, but a valid header checksum.
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+        return True
+    except tarfile.HeaderError:
+        return False

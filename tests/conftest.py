@@ -1,0 +1,57 @@
+"""Shared fixtures: real packages built with qemu-img, a real OS search path."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT / "tools"))
+
+import make_fixtures
+
+
+def make_os_dir(top: Path, name: str, api: str = "20", variants: list[str] | None = None,
+                scripts=("create", "export", "import", "rename", "verify")) -> Path:
+    """A Ganeti OS definition directory, as ganeti-os-noop installs one."""
+    d = top / name
+    d.mkdir(parents=True)
+    (d / "ganeti_api_version").write_text(api + "\n")
+    for s in scripts:
+        p = d / s
+        p.write_text("#!/bin/sh\nexit 0\n")
+        p.chmod(p.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    if variants is not None:
+        (d / "variants.list").write_text("".join(v + "\n" for v in variants))
+    if int(api) >= 20:
+        (d / "parameters.list").write_text("pct a percentage\n")
+    return d
+
+
+@pytest.fixture
+def os_path(tmp_path: Path) -> list[str]:
+    """An OS search path holding 'noop' and 'image+default' (variants)."""
+    top = tmp_path / "os"
+    make_os_dir(top, "noop", api="10", scripts=("create", "export", "import", "rename"))
+    make_os_dir(top, "image", api="20", variants=["default", "minimal"])
+    return [str(top)]
+
+
+@pytest.fixture
+def build(tmp_path: Path):
+    """build(app, ova=True) -> (package path, raw disk contents)."""
+    def _build(app: make_fixtures.Appliance, *, ova: bool = True, manifest="SHA256",
+               outdir: Path | None = None):
+        out = outdir or tmp_path / "pkgs"
+        return make_fixtures.build_package(app, str(out), ova=ova, manifest=manifest)
+    return _build
+
+
+def read(path: str | os.PathLike) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
