@@ -33,6 +33,7 @@ __all__ = [
     "RECORD",
     "NAME_MAX",
     "USTAR_SIZE_MAX",
+    "all_zero",
     "ustar_header",
     "Reservation",
     "MemberWriter",
@@ -44,6 +45,28 @@ RECORD = 20 * BLOCK  # tar's default blocking factor; the archive ends on a reco
 NAME_MAX = 100  # ustar name field; longer names need a prefix split or pax
 USTAR_SIZE_MAX = 8**11 - 1  # 11 octal digits: 8 GiB - 1
 _ZERO_MIN = 4096  # zero runs at least this long become holes
+
+
+def all_zero(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` is at least 4 KiB of zeros: worth a hole, not a write."""
+    n = len(data)
+    if n < _ZERO_MIN:
+        return False
+    view = memoryview(data).cast("B")
+    # A sparse sample first, so data is rejected without a full compare.
+    return not any(view[:: _ZERO_MIN // 8]) and view == _zeros(n)
+
+
+_ZERO_CACHE: dict[int, bytes] = {}
+
+
+def _zeros(n: int) -> bytes:
+    z = _ZERO_CACHE.get(n)
+    if z is None:
+        z = bytes(n)
+        if len(_ZERO_CACHE) < 8:
+            _ZERO_CACHE[n] = z
+    return z
 
 
 def _octal(value: int, width: int) -> bytes:
@@ -121,10 +144,7 @@ class MemberWriter:
         if self.closed:
             raise ValueError(f"member {self.name!r} is closed")
         n = len(data)
-        if n >= _ZERO_MIN and not any(memoryview(data).cast("B")[:: _ZERO_MIN // 8]) \
-                and data == bytes(n):
-            pass  # a hole: never written, reads as zeros
-        else:
+        if not all_zero(data):  # else a hole: never written, reads as zeros
             self._ova._pwrite(data, self._start + self.size)
         self.size += n
         return n

@@ -60,8 +60,8 @@ def check_name(name: str, *, path: str) -> str:
     if not name or "\x00" in name:
         raise UnsafeMemberError(f"file name {name!r} is empty or has a NUL byte", path, name)
     if _SCHEME.match(name) and not re.match(r"^[A-Za-z]:[\\/]", name):
-        raise UnsafeMemberError(f"file reference {name!r} is a URL; only files in the package are used",
-                                path, name)
+        raise UnsafeMemberError(f"file reference {name!r} is a URL; only files in the "
+                                "package are used", path, name)
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:[\\/]", name):
         raise UnsafeMemberError(f"file name {name!r} is an absolute path", path, name)
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
@@ -251,7 +251,7 @@ class DirPackage(Package):
 
     def names(self) -> tuple[str, ...]:
         out = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        for dirpath, _dirnames, filenames in os.walk(self.root):
             rel = os.path.relpath(dirpath, self.root)
             for fn in filenames:
                 out.append(fn if rel == "." else f"{rel}/{fn}".replace(os.sep, "/"))

@@ -75,7 +75,7 @@ _SYMBOLS = ("k", "m", "g", "t", "p", "e", "z", "y")
 def _byte_words() -> dict[str, int]:
     """Every byte word we know (casefolded) -> its multiplier."""
     words = {"byte": 1, "bytes": 1, "b": 1}
-    for power, (dec, bin_, sym) in enumerate(zip(_DECIMAL, _BINARY, _SYMBOLS), 1):
+    for power, (dec, bin_, sym) in enumerate(zip(_DECIMAL, _BINARY, _SYMBOLS, strict=True), 1):
         mult = 1024**power
         for word in (dec + "byte", bin_ + "byte"):
             words[word] = words[word + "s"] = mult
@@ -184,7 +184,7 @@ def _multiplier(text: str) -> int:
     factor = Fraction(1)
     byte_units: list[tuple[str, int, int]] = []  # (operator, multiplier, exp)
     not_bytes = False
-    for operator, element in zip(operators, items[0::2]):
+    for operator, element in zip(operators, items[0::2], strict=False):
         exponent = _exponent(element.get("exponent"))
         if "unit" in element:
             word = _normal(element["unit"])

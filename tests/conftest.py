@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT / "tools"))
 
-import make_fixtures
+import make_fixtures  # noqa: E402
 
 
 def make_os_dir(top: Path, name: str, api: str = "20", variants: list[str] | None = None,

@@ -102,7 +102,7 @@ def build_descriptor(app: Appliance, files: list[tuple[str, int]]) -> bytes:
         nsmap["vbox"] = VBOX
     if app.style == "ovf2":
         nsmap.update(sasd=SASD, epasd=EPASD)
-    O = lambda t: f"{{{ns}}}{t}"  # noqa: E731
+    O = lambda t: f"{{{ns}}}{t}"  # noqa: E731,E741
     R = lambda t: f"{{{RASD}}}{t}"  # noqa: E731
     env = etree.Element(O("Envelope"), nsmap=nsmap)
     env.set(O("version"), {"ovf2": "2.0", "ovf09": "0.9"}.get(app.style, "1.0"))
@@ -120,7 +120,7 @@ def build_descriptor(app: Appliance, files: list[tuple[str, int]]) -> bytes:
             _sub(refs, O("File"), **{O("href"): f[0], O("id"): f"file{i}", O("size"): str(f[1])})
     ds = section(env, "DiskSection")
     _sub(ds, O("Info"), "Virtual disk information")
-    for i, (d, f) in enumerate(zip(app.disks, files)):
+    for i, (d, f) in enumerate(zip(app.disks, files, strict=True)):
         cap = d.size
         attrs = {O("diskId"): f"vmdisk{i}", O("capacity"): str(cap)}
         if d.capacity_units:
@@ -265,7 +265,8 @@ def build_package(app: Appliance, outdir: str, *, ova: bool, manifest: str | Non
 
 if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "."
-    app = Appliance(name="demo-vm", disks=[DiskSpec(8 << 20, "vmdk"), DiskSpec(2 << 20, "qcow2", seed=2)],
+    app = Appliance(name="demo-vm",
+                    disks=[DiskSpec(8 << 20, "vmdk"), DiskSpec(2 << 20, "qcow2", seed=2)],
                     nics=[("VM Network", "00:50:56:aa:bb:01"), ("Backend", None)])
     path, _ = build_package(app, out, ova=True)
     print(path)

@@ -242,7 +242,7 @@ _SPACE = st.text(alphabet=" \t\n", max_size=3)
 @given(st.integers(min_value=0, max_value=64), st.lists(_SPACE, min_size=6, max_size=6))
 def test_spacing_does_not_matter(exponent: int, spaces: list[str]) -> None:
     tokens = ["byte", "*", "2", "^", str(exponent)]
-    text = "".join(space + token for space, token in zip(spaces, tokens)) + spaces[5]
+    text = "".join(space + token for space, token in zip(spaces, tokens, strict=False)) + spaces[5]
     assert parse_byte_units(text) == 2**exponent
 
 
@@ -251,7 +251,7 @@ def test_spacing_does_not_matter(exponent: int, spaces: list[str]) -> None:
     st.lists(st.booleans(), min_size=9, max_size=9),
 )
 def test_letter_case_does_not_matter(word: str, upper: list[bool]) -> None:
-    mixed = "".join(c.upper() if up else c.lower() for c, up in zip(word, upper))
+    mixed = "".join(c.upper() if up else c.lower() for c, up in zip(word, upper, strict=False))
     assert parse_byte_units(mixed) == parse_byte_units(word)
 
 

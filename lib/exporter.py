@@ -1,0 +1,779 @@
+"""Ganeti export directory -> OVF/OVA package: the export workflow.
+
+Order matters, as in the importer: config.ini and every dump are checked
+(names, links, sizes, content) and free space is estimated *before*
+anything is written; output goes to a staging sibling that is renamed at
+the very end (or removed on any error, Ctrl-C included).
+
+Bytes are handled once.  A raw dump is read once, sparse-aware (holes are
+skipped, zero runs written as holes), and streamed into its file, its
+gzip stream, its chunks or its OVA member, with the manifest digest
+computed in that same pass.  vmdk and qcow2 are made by qemu-img
+(``disks.convert_from_raw``): straight into the package directory when no
+further processing is needed (the digest then costs one read of the
+result), otherwise into a temporary file that is streamed (and digested)
+into its destination, then deleted.  qemu-img cannot write into the OVA
+itself: it needs its own named, seekable file (it creates the image, then
+seeks back to update metadata: qcow2 tables, the streamOptimized footer),
+while a tar member is a byte range whose header, holding its size, comes
+before the data.
+
+DSP0243 puts the descriptor, manifest and certificate *first* in an OVA,
+yet they describe (sizes) and digest the disks written after them.  So
+their members are reserved up front with sizes that are safe upper bounds
+(:mod:`ovawriter`) and filled at the end, padded with spaces (descriptor,
+manifest: as VirtualBox pads its manifests) or newlines (certificate).
+
+The default output directory is the current directory (the CLI's choice,
+documented there); the package is ``OUTPUT_DIR/NAME/NAME.ovf`` with
+``NAME.mf``, ``NAME.cert`` and ``NAME-diskN.<fmt>`` beside it, or
+``OUTPUT_DIR/NAME.ova``.  [os_private] values are never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import logging
+import math
+import os
+import shutil
+import stat
+import struct
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from . import disks as diskmod
+from . import integrity
+from .descriptor.writer import VERSIONS, write_descriptor
+from .errors import (
+    DescriptorError,
+    DiskImageError,
+    ExportDirError,
+    IntegrityError,
+    OvfError,
+    PackageError,
+    UsageError,
+)
+from .exportdir import (
+    MIB,
+    ExportConfig,
+    ExportDisk,
+    check_instance_name,
+    read_config,
+    staging,
+    staging_file,
+)
+from .model import (
+    ByteRange,
+    Disk,
+    Envelope,
+    FileRef,
+    GanetiInfo,
+    Network,
+    Nic,
+    VirtualSystem,
+)
+from .ovawriter import NAME_MAX, OvaWriter, all_zero
+
+__all__ = [
+    "ExportRequest",
+    "ExportResult",
+    "FORMATS",
+    "FORMAT_URIS",
+    "NIC_MODEL",
+    "MIN_CHUNK_SIZE",
+    "locate_config",
+    "check_dump",
+    "is_dump8_stream",
+    "build_envelope",
+    "estimate_space",
+    "export_package",
+]
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("vmdk", "qcow2", "raw")
+FORMAT_URIS = {
+    "vmdk": "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized",
+    "qcow2": "http://www.gnome.org/~markmc/qcow-image-format.html",
+    "raw": "http://en.wikipedia.org/wiki/Byte",  # upstream Ganeti's URI for raw
+}
+NIC_MODEL = "E1000"  # the adapter both VMware and VirtualBox accept (see descriptor.writer)
+MIN_CHUNK_SIZE = MIB
+VIDEO_MEMORY = 12 * MIB
+
+_BUF = 1 << 20
+_ZEROS = bytes(_BUF)
+_SIZE_PLACEHOLDER = 10**19 - 1  # more digits than any real size: descriptor upper bound
+_EC_SIGNATURE_SLACK = 32  # bytes an ECDSA signature may outgrow our trial one
+
+# dump(8) tape header: c_type (TS_TAPE = 1) at 0, c_magic at 24 (after six
+# 32-bit fields).  60011 OFS_MAGIC, 60012 NFS_MAGIC (Linux dump), 19540119
+# FS_UFS2_MAGIC (BSD).  As photorec's file_dump.c recognises it.
+_DUMP_MAGICS = (60011, 60012, 19540119)
+_TS_TAPE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRequest:
+    """What the operator asked for (the CLI's options, as values)."""
+
+    name: str | None = None  # package/instance name; default config.ini's
+    disk_format: str = "vmdk"  # vmdk (streamOptimized), qcow2 or raw
+    compress: bool = False  # gzip every disk file (ovf:compression="gzip")
+    external: bool = False  # no Ganeti section
+    ova: bool = False
+    ovf_version: str = "1.0"
+    manifest: str = "SHA256"  # SHA1, SHA256 or SHA512
+    sign_key: str | None = None  # PEM private key file
+    sign_cert: str | None = None  # PEM certificate file
+    chunk_size: int | None = None  # bytes; files split as NAME.000000000, ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    path: str  # the .ova, or the package directory
+    descriptor: str  # the .ovf (inside the directory or the OVA)
+    files: tuple[str, ...]  # every file/member, in package order
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _DiskPlan:
+    index: int
+    capacity: int
+    dump: str | None  # checked absolute path; None: blank disk
+    allocated: int  # bytes the dump occupies on disk
+    file_id: str | None
+    href: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """One file of the package as written: name, size, digest (hex)."""
+
+    name: str
+    size: int
+    digest: str
+
+
+# --------------------------------------------------------------- checking input
+
+def locate_config(source: str) -> tuple[str, str]:
+    """(export directory, config.ini path) from either of them."""
+    config = os.path.join(source, "config.ini") if os.path.isdir(source) else source
+    return os.path.dirname(os.path.abspath(config)), config
+
+
+def is_dump8_stream(head: bytes) -> bool:
+    """Whether ``head`` starts with a dump(8) tape header (either byte order)."""
+    if len(head) < 28:
+        return False
+    for order in ("<", ">"):
+        c_type = struct.unpack_from(order + "i", head, 0)[0]
+        magic = struct.unpack_from(order + "i", head, 24)[0]
+        if c_type == _TS_TAPE and magic in _DUMP_MAGICS:
+            return True
+    return False
+
+
+def check_dump(export_dir: str, disk: ExportDisk, index: int, *, os_name: str,
+               config: str) -> str:
+    """The dump's path, once it is known to be a raw image of the disk's size.
+
+    A dump is whatever the OS's export script wrote: noop writes the raw
+    disk, debootstrap a dump(8) stream of the root file system.  Only the
+    former is a disk image, so everything else is refused, saying why.
+    Dumps are read from the export directory only: a plain name, no link.
+    """
+    name = disk.dump or ""
+    what = f"disk{index}_dump {name!r}"
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise ExportDirError(f"{what} is not a file name inside the export directory", config)
+    path = os.path.join(export_dir, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise ExportDirError(f"{what}: no such file in the export directory", config) from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ExportDirError(f"{what} is a symbolic link; dumps are read from the "
+                                 "export directory itself", config) from None
+        raise ExportDirError(f"{what}: cannot read: {e.strerror}", config) from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ExportDirError(f"{what} is not a regular file", config)
+        head = os.pread(fd, 1024, 0)
+    finally:
+        os.close(fd)
+    if is_dump8_stream(head):
+        raise ExportDirError(
+            f"{what} is a dump(8) file-system stream, not a raw disk image: the export "
+            f"script of OS {os_name!r} writes dump(8) (as debootstrap's does); only OSes "
+            "that export the raw disk (such as noop) can be converted", config)
+    if st.st_size != disk.size:
+        raise ExportDirError(
+            f"{what} is {st.st_size} bytes, not disk{index}_size "
+            f"{disk.size // MIB} MiB ({disk.size} bytes), so it is not a raw disk image: "
+            f"the export script of OS {os_name!r} wrote something else", config)
+    try:
+        fmt = diskmod.detect_format(ByteRange(path, 0, st.st_size), name=name)
+    except DiskImageError as e:
+        raise ExportDirError(f"{what} is not a raw disk image ({e.problem}): the export "
+                             f"script of OS {os_name!r} wrote something else", config) from e
+    if fmt != "raw":
+        raise ExportDirError(f"{what} is a {fmt} image, not a raw disk image: the export "
+                             f"script of OS {os_name!r} wrote something else", config)
+    return path
+
+
+def _allocated(path: str) -> int:
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError as e:
+        raise ExportDirError(f"cannot read: {e.strerror}", path) from e
+
+
+def _check_request(req: ExportRequest) -> None:
+    if req.disk_format not in FORMATS:
+        raise UsageError(f"disk format {req.disk_format!r} is not one of "
+                         f"{', '.join(FORMATS)}")
+    if req.ovf_version not in VERSIONS:
+        raise UsageError(f"OVF version {req.ovf_version!r} is not one of {', '.join(VERSIONS)}")
+    integrity.new_hasher(req.manifest)  # UsageError for an unknown algorithm
+    if req.chunk_size is not None and req.chunk_size < MIN_CHUNK_SIZE:
+        raise UsageError(f"chunk size {req.chunk_size} is below the minimum of "
+                         f"{MIN_CHUNK_SIZE} bytes (1 MiB)")
+    if (req.sign_key is None) != (req.sign_cert is None):
+        raise UsageError("--sign KEY and --cert CERT go together")
+
+
+def _package_name(cfg: ExportConfig, req: ExportRequest, config: str) -> str:
+    if req.name is None:
+        return check_instance_name(cfg.name, path=config)
+    try:
+        return check_instance_name(req.name)
+    except ExportDirError as e:
+        raise UsageError(f"--name: {e.problem}") from None
+
+
+def _read_pem(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20)
+    except OSError as e:
+        raise UsageError(f"cannot read the {what}: {e.strerror}", path) from e
+
+
+def _int_param(cfg: ExportConfig, key: str, config: str) -> int:
+    value = cfg.backend.get(key)
+    if value is None or not value.strip():
+        raise ExportDirError(f"no {key} in [backend] or [instance]", config)
+    try:
+        n = int(value.strip())
+    except ValueError:
+        raise ExportDirError(f"{key} {value!r} is not a whole number", config) from None
+    if n < 1:
+        raise ExportDirError(f"{key} {value!r} is not positive", config)
+    return n
+
+
+# ---------------------------------------------------------------- the model
+
+def _network_name(nic, index: int) -> str:
+    """One network per NIC, named like upstream (``bridged0``): upstream's
+    reader counts NICs by networks and pairs them with Ganeti's section by
+    this name, and takes the mode from it when that section is absent."""
+    return f"{nic.mode or 'network'}{index}"
+
+
+def _network_description(nic, index: int) -> str:
+    if nic.network:
+        return f"Ganeti NIC {index}: network {nic.network}"
+    parts = [f"mode {nic.mode}" if nic.mode else None, f"link {nic.link}" if nic.link else None]
+    return f"Ganeti NIC {index}: " + (", ".join(p for p in parts if p) or "cluster defaults")
+
+
+def build_envelope(cfg: ExportConfig, name: str, plans: Sequence[_DiskPlan],
+                   sizes: dict[str, int], req: ExportRequest, *, config: str) -> Envelope:
+    """The model of the package: files with ``sizes`` (by file id)."""
+    memory = _int_param(cfg, "maxmem", config) * MIB
+    cpus = _int_param(cfg, "vcpus", config)
+    files: list[FileRef] = []
+    disks: list[Disk] = []
+    for p in plans:
+        ref = None
+        if p.file_id is not None and p.href is not None:
+            ref = FileRef(file_id=p.file_id, href=p.href, size=sizes.get(p.file_id),
+                          compression="gzip" if req.compress else None,
+                          chunk_size=req.chunk_size)
+            files.append(ref)
+        disks.append(Disk(disk_id=f"disk{p.index}", capacity=p.capacity, file_ref=ref,
+                          format_uri=FORMAT_URIS[req.disk_format] if ref else None,
+                          populated_size=min(p.allocated, p.capacity) if ref else None))
+    nets = [Network(_network_name(n, i), _network_description(n, i))
+            for i, n in enumerate(cfg.nics)]
+    nics = [Nic(network=nets[i].name,
+                mac=n.mac if n.mac and n.mac.lower() not in ("generate", "auto") else None,
+                model=NIC_MODEL, name=n.name)
+            for i, n in enumerate(cfg.nics)]
+    ganeti = None
+    if not req.external:
+        ganeti = GanetiInfo(
+            os_name=cfg.os, os_params=dict(cfg.os_params), hypervisor=cfg.hypervisor,
+            hv_params=dict(cfg.hv_params), backend=dict(cfg.backend),
+            disk_template=cfg.disk_template, tags=tuple(cfg.tags), nics=tuple(cfg.nics),
+            disk_names=tuple(d.name for d in cfg.disks), version="0",
+            auto_balance=cfg.backend.get("auto_balance"),
+        )
+    vs = VirtualSystem(
+        system_id=name, name=name, info="A Ganeti instance", os_id=1,
+        os_description=f"Ganeti OS {cfg.os}", cpus=cpus, memory=memory,
+        disks=tuple(disks), nics=tuple(nics), video_memory=VIDEO_MEMORY, ganeti=ganeti,
+    )
+    return Envelope(version=req.ovf_version, files=tuple(files), disks=tuple(disks),
+                    networks=tuple(nets), systems=(vs,))
+
+
+def _descriptor(env: Envelope, req: ExportRequest, config: str) -> bytes:
+    try:
+        return write_descriptor(env, version=req.ovf_version)
+    except DescriptorError as e:
+        raise ExportDirError(e.problem, config) from e
+
+
+# ---------------------------------------------------------------- estimates
+
+def _stored_bound(p: _DiskPlan, req: ExportRequest) -> int:
+    """An upper bound of a disk file's stored size, before it is written.
+
+    Exact for uncompressed raw.  Otherwise the capacity plus 1/32 and
+    4 MiB: qcow2 metadata is ~1/8000 of the capacity, streamOptimized
+    VMDK adds at most ~1% (grain markers, sector padding, deflate's
+    worst case), gzip ~0.03%.
+    """
+    if req.disk_format == "raw" and not req.compress:
+        return p.capacity
+    return p.capacity + p.capacity // 32 + 4 * MIB
+
+
+def _needs_temp(req: ExportRequest) -> bool:
+    return req.disk_format != "raw" and (req.ova or req.compress or req.chunk_size is not None)
+
+
+def estimate_space(plans: Sequence[_DiskPlan], req: ExportRequest) -> int:
+    """Bytes the export may need on the output file system, at most.
+
+    Each disk's output is bounded by the blocks its dump occupies (zeros
+    and holes shrink, never grow) plus the same slack as _stored_bound;
+    where qemu-img's output is a temporary file, the largest of those
+    exists beside the package while it is streamed in.
+    """
+    outs = [p.allocated + p.allocated // 32 + 4 * MIB for p in plans if p.dump]
+    need = sum(outs) + MIB  # descriptor, manifest, certificate, tar headers
+    if outs and _needs_temp(req):
+        need += max(outs)
+    return need
+
+
+def _human(n: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _check_space(output_dir: str, need: int) -> None:
+    where = os.path.abspath(output_dir)
+    while not os.path.isdir(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    try:
+        st = os.statvfs(where)
+    except OSError as e:
+        raise PackageError(f"cannot check free space: {e.strerror}", where) from e
+    avail = st.f_bavail * st.f_frsize
+    if need > avail:
+        raise PackageError(f"not enough free space: the package needs up to {_human(need)}, "
+                           f"{_human(avail)} available", where)
+
+
+# ---------------------------------------------------------------- writing
+
+class _SparseFile:
+    """A new file written sequentially; zero runs become holes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.size = 0
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise PackageError(f"cannot create: {e.strerror}", path) from e
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = len(data)
+        if not all_zero(data):
+            view = memoryview(data).cast("B")
+            pos = self.size
+            try:
+                while view:
+                    w = os.pwrite(self._fd, view, pos)
+                    view = view[w:]
+                    pos += w
+            except OSError as e:
+                raise PackageError(f"cannot write: {e.strerror}", self.path) from e
+        self.size += n
+        return n
+
+    def close(self) -> int:
+        if self._fd >= 0:
+            try:
+                os.ftruncate(self._fd, self.size)
+                os.fsync(self._fd)
+            except OSError as e:
+                raise PackageError(f"cannot write: {e.strerror}", self.path) from e
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+        return self.size
+
+
+class _Files:
+    """The files of one References/File: the whole file, or its chunks;
+    digested as they are written.  A file-like sink for gzip.GzipFile (it
+    has no ``name``, so gzip records no file name in its header)."""
+
+    def __init__(self, open_out: Callable[[str], _SparseFile], href: str,
+                 chunk_size: int | None, algorithm: str) -> None:
+        self._open_out = open_out
+        self._href = href
+        self._chunk = chunk_size
+        self._alg = algorithm
+        self._cur = None  # (name, output, hasher, size)
+        self._done: list[_Written] = []
+
+    def _start(self) -> None:
+        name = self._href if self._chunk is None else f"{self._href}.{len(self._done):09d}"
+        self._cur = [name, self._open_out(name), integrity.new_hasher(self._alg), 0]
+
+    def _finish(self) -> None:
+        name, out, hasher, size = self._cur  # type: ignore[misc]
+        out.close()
+        self._done.append(_Written(name, size, hasher.hexdigest()))
+        self._cur = None
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        total = len(view)
+        while view:
+            if self._cur is None:
+                self._start()
+            cur = self._cur
+            n = len(view) if self._chunk is None else min(len(view), self._chunk - cur[3])
+            piece = view[:n]
+            cur[2].update(piece)
+            cur[1].write(piece)
+            cur[3] += n
+            view = view[n:]
+            if self._chunk is not None and cur[3] == self._chunk:
+                self._finish()
+        return total
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> list[_Written]:
+        if self._cur is None and not self._done:
+            self._start()  # an empty stream is still one (empty) file
+        if self._cur is not None:
+            self._finish()
+        return self._done
+
+    def abort(self) -> None:
+        if self._cur is not None:
+            with contextlib.suppress(OvfError, OSError, ValueError):
+                self._cur[1].close()
+            self._cur = None
+
+
+def _seek(fd: int, pos: int, whence: int, size: int) -> int:
+    try:
+        return os.lseek(fd, pos, whence)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # no data (SEEK_DATA) at or after pos
+            return size
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # no hole support
+            return pos if whence == os.SEEK_DATA else size
+        raise
+
+
+def _blocks(path: str, label: str) -> Iterator[bytes]:
+    """The file's bytes in blocks of up to 1 MiB; holes are not read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise DiskImageError(f"cannot read: {e.strerror}", label) from e
+    try:
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            data_at = min(_seek(fd, pos, os.SEEK_DATA, size), size)
+            while pos < data_at:
+                n = min(_BUF, data_at - pos)
+                yield _ZEROS if n == _BUF else bytes(n)
+                pos += n
+            if pos >= size:
+                break
+            hole_at = min(max(_seek(fd, pos, os.SEEK_HOLE, size), pos + 1), size)
+            while pos < hole_at:
+                data = os.pread(fd, min(_BUF, hole_at - pos), pos)
+                if not data:
+                    raise DiskImageError(f"file ended at {pos} bytes while being read, "
+                                         f"not at {size}", label)
+                yield data
+                pos += len(data)
+    except OSError as e:
+        raise DiskImageError(f"cannot read: {e.strerror}", label) from e
+    finally:
+        os.close(fd)
+
+
+def _write_new(path: str, data: bytes) -> None:
+    out = _SparseFile(path)
+    out.write(data)
+    out.close()
+
+
+def _produce(p: _DiskPlan, req: ExportRequest, *, open_out: Callable[[str], object],
+             final_dir: str | None, tmp_dir: str,
+             progress: Callable[[str], None]) -> list[_Written]:
+    """Write one disk's file(s); returns them with sizes and digests."""
+    if p.dump is None or p.href is None:
+        return []
+    label = os.path.basename(p.dump)
+    fmt = req.disk_format
+    tmp = None
+    if fmt == "raw":
+        source = p.dump
+        progress(f"disk {p.index}: {label} -> {p.href}")
+    elif final_dir is not None and not req.compress and req.chunk_size is None:
+        # qemu-img writes the package file itself; digest it afterwards.
+        dest = os.path.join(final_dir, p.href)
+        progress(f"disk {p.index}: {label} -> {p.href} (qemu-img, {fmt})")
+        diskmod.convert_from_raw(p.dump, dest, fmt, name=label)
+        try:
+            fd = os.open(dest, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            size = os.path.getsize(dest)
+        except OSError as e:
+            raise PackageError(f"cannot read back: {e.strerror}", dest) from e
+        return [_Written(p.href, size, integrity.digest_file(dest, req.manifest))]
+    else:
+        tmp = os.path.join(tmp_dir, f".{p.href}.tmp")
+        progress(f"disk {p.index}: {label} -> {p.href} (qemu-img, {fmt}, via a temporary file)")
+        diskmod.convert_from_raw(p.dump, tmp, fmt, name=label)
+        source = tmp
+    files = _Files(open_out, p.href, req.chunk_size, req.manifest)  # type: ignore[arg-type]
+    try:
+        if req.compress:
+            with gzip.GzipFile(fileobj=files, mode="wb", compresslevel=6, mtime=0) as gz:
+                for block in _blocks(source, label):
+                    gz.write(block)
+        else:
+            for block in _blocks(source, label):
+                files.write(block)
+        return files.close()
+    except BaseException:
+        files.abort()
+        raise
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def _chunk_names(href: str, req: ExportRequest, bound: int) -> list[str]:
+    if req.chunk_size is None:
+        return [href]
+    return [f"{href}.{i:09d}" for i in range(max(1, math.ceil(bound / req.chunk_size)))]
+
+
+@dataclass(frozen=True, slots=True)
+class _Signer:
+    key: bytes
+    cert: bytes
+    size_bound: int  # bytes the .cert may need
+
+    def sign(self, mf_name: str, manifest: bytes, algorithm: str) -> bytes:
+        return integrity.sign_manifest(mf_name, manifest, self.key, self.cert, algorithm)
+
+
+def _signer(req: ExportRequest, mf_name: str) -> _Signer | None:
+    """Load and try the key and certificate now, before any disk is written."""
+    if req.sign_key is None or req.sign_cert is None:
+        return None
+    key = _read_pem(req.sign_key, "signing key")
+    cert = _read_pem(req.sign_cert, "certificate")
+    try:
+        trial = integrity.sign_manifest(mf_name, b"trial\n", key, cert, req.manifest)
+    except UsageError as e:
+        raise UsageError(f"--sign/--cert: {e.problem}", req.sign_key) from e
+    except IntegrityError as e:
+        raise UsageError(f"--sign/--cert: {e.problem}", req.sign_cert) from e
+    parsed = integrity.parse_certificate_file(trial)
+    # RSA signatures have the modulus' length; ECDSA's DER length varies a little.
+    rsa_key = isinstance(parsed.certificates[0].public_key(), rsa.RSAPublicKey)
+    slack = 0 if rsa_key else 2 * _EC_SIGNATURE_SLACK
+    return _Signer(key, cert, len(trial) + slack)
+
+
+def _write_dir(dest: str, plans: Sequence[_DiskPlan], env_for: Callable[[dict], Envelope],
+               req: ExportRequest, names: dict[str, str], signer: _Signer | None,
+               progress: Callable[[str], None], config: str) -> list[str]:
+    with staging(dest) as work:
+        written: list[_Written] = []
+        sizes: dict[str, int] = {}
+        for p in plans:
+            files = _produce(p, req, open_out=lambda n: _SparseFile(os.path.join(work, n)),
+                             final_dir=work, tmp_dir=work, progress=progress)
+            written += files
+            if p.file_id is not None:
+                sizes[p.file_id] = sum(f.size for f in files)
+        ovf = _descriptor(env_for(sizes), req, config)
+        _write_new(os.path.join(work, names["ovf"]), ovf)
+        digest = integrity.new_hasher(req.manifest)
+        digest.update(ovf)
+        manifest = integrity.format_manifest(
+            [(names["ovf"], digest.hexdigest())] + [(w.name, w.digest) for w in written],
+            req.manifest)
+        _write_new(os.path.join(work, names["mf"]), manifest)
+        order = [names["ovf"], names["mf"]]
+        if signer is not None:
+            _write_new(os.path.join(work, names["cert"]),
+                       signer.sign(names["mf"], manifest, req.manifest))
+            order.append(names["cert"])
+    return order + [w.name for w in written]
+
+
+def _write_ova(dest: str, plans: Sequence[_DiskPlan], env_for: Callable[[dict], Envelope],
+               req: ExportRequest, names: dict[str, str], signer: _Signer | None,
+               progress: Callable[[str], None], config: str) -> list[str]:
+    bounds = {p.file_id: _stored_bound(p, req) for p in plans if p.file_id}
+    ovf_bound = len(_descriptor(env_for({fid: _SIZE_PLACEHOLDER for fid in bounds}),
+                                req, config))
+    hexlen = integrity.ALGORITHMS[req.manifest.upper()]
+    potential = [names["ovf"]] + [n for p in plans if p.href and p.file_id
+                                  for n in _chunk_names(p.href, req, bounds[p.file_id])]
+    mf_bound = len(integrity.format_manifest([(n, "0" * hexlen) for n in potential],
+                                             req.manifest))
+    with staging_file(dest) as tmp:
+        work = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.work-",
+                                dir=os.path.dirname(os.path.abspath(dest)))
+        try:
+            ova = OvaWriter(tmp)
+            try:
+                res_ovf = ova.reserve(names["ovf"], ovf_bound)
+                res_mf = ova.reserve(names["mf"], mf_bound)
+                res_cert = ova.reserve(names["cert"], signer.size_bound) if signer else None
+                written: list[_Written] = []
+                sizes: dict[str, int] = {}
+                for p in plans:
+                    files = _produce(p, req, open_out=ova.open_member, final_dir=None,
+                                     tmp_dir=work, progress=progress)
+                    written += files
+                    if p.file_id is not None:
+                        sizes[p.file_id] = sum(f.size for f in files)
+                        if sizes[p.file_id] > bounds[p.file_id]:
+                            raise PackageError(f"{p.href!r} came out at {sizes[p.file_id]} "
+                                               "bytes, beyond the space reserved for it",
+                                               dest)
+                ovf = _descriptor(env_for(sizes), req, config)
+                ovf += b" " * (res_ovf.size - len(ovf))
+                digest = integrity.new_hasher(req.manifest)
+                digest.update(ovf)
+                manifest = integrity.format_manifest(
+                    [(names["ovf"], digest.hexdigest())] + [(w.name, w.digest) for w in written],
+                    req.manifest)
+                manifest += b" " * (res_mf.size - len(manifest))
+                try:
+                    ova.fill(res_ovf, ovf)
+                    ova.fill(res_mf, manifest)
+                    if signer is not None and res_cert is not None:
+                        ova.fill(res_cert, signer.sign(names["mf"], manifest, req.manifest),
+                                 pad=b"\n")
+                except ValueError as e:
+                    raise PackageError(f"internal error: {e}", dest) from e
+                ova.close()
+            except BaseException:
+                ova.abort()
+                raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    order = [names["ovf"], names["mf"]] + ([names["cert"]] if signer else [])
+    return order + [w.name for w in written]
+
+
+def export_package(source: str, output_dir: str, req: ExportRequest = ExportRequest(), *,
+                   progress: Callable[[str], None] = log.info) -> ExportResult:
+    """Convert the Ganeti export ``source`` (directory or its config.ini)
+    into a package in ``output_dir``; returns where and what."""
+    _check_request(req)
+    export_dir, config = locate_config(source)
+    cfg = read_config(config)
+    name = _package_name(cfg, req, config)
+    warnings: list[str] = []
+    if cfg.os_params_private:
+        warnings.append(f"private OS parameters ({', '.join(sorted(cfg.os_params_private))}) "
+                        "are not exported; give them again when importing")
+    ext = {"vmdk": "vmdk", "qcow2": "qcow2", "raw": "raw"}[req.disk_format]
+    plans: list[_DiskPlan] = []
+    for i, d in enumerate(cfg.disks):
+        if d.size <= 0:
+            raise ExportDirError(f"disk{i}_size must be positive", config)
+        if d.dump is None:
+            warnings.append(f"disk {i} has no dump; exported as a blank disk of "
+                            f"{d.size // MIB} MiB")
+            plans.append(_DiskPlan(i, d.size, None, 0, None, None))
+            continue
+        path = check_dump(export_dir, d, i, os_name=cfg.os, config=config)
+        href = f"{name}-disk{i}.{ext}" + (".gz" if req.compress else "")
+        plans.append(_DiskPlan(i, d.size, path, _allocated(path), f"file{i}", href))
+    names = {"ovf": f"{name}.ovf", "mf": f"{name}.mf", "cert": f"{name}.cert"}
+    if req.ova:
+        for p in plans:
+            if p.href:
+                longest = _chunk_names(p.href, req, _stored_bound(p, req))[-1]
+                if len(longest.encode("utf-8")) > NAME_MAX:
+                    raise UsageError(f"member name {longest!r} is longer than the "
+                                     f"{NAME_MAX} bytes an OVA (ustar) allows; choose a "
+                                     "shorter name with -n/--name")
+    # Fail now on anything the descriptor cannot hold, not after the disks.
+    _descriptor(build_envelope(cfg, name, plans, {}, req, config=config), req, config)
+    signer = _signer(req, names["mf"])
+    for w in warnings:
+        log.warning("%s: %s", config, w)
+    dest = os.path.join(output_dir, name + ".ova" if req.ova else name)
+    if os.path.lexists(dest):
+        raise PackageError("already exists; remove it or choose another name with -n", dest)
+    _check_space(output_dir, estimate_space(plans, req))
+
+    def env_for(sizes: dict) -> Envelope:
+        return build_envelope(cfg, name, plans, sizes, req, config=config)
+
+    writer = _write_ova if req.ova else _write_dir
+    try:
+        files = writer(dest, plans, env_for, req, names, signer, progress, config)
+    except OSError as e:
+        raise PackageError(f"cannot write: {e.strerror or e}", e.filename or dest) from e
+    descriptor = os.path.join(dest, names["ovf"]) if not req.ova else names["ovf"]
+    return ExportResult(path=dest, descriptor=descriptor, files=tuple(files),
+                        warnings=tuple(warnings))
