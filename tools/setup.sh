@@ -30,8 +30,9 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
+# Debian's setuptools 66 cannot install a renamed package dir (lib -> ganeti_ovf)
+# in editable mode; a newer one in the venv can (PEP 660).
 .venv/bin/python -m pip install -q --disable-pip-version-check \
-  pytest pytest-mock hypothesis ruff 2>&1 | grep -v -i "warning" || true
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . \
-  2>&1 | grep -v -i "warning" || true
+  "setuptools>=68" pytest pytest-mock hypothesis ruff
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 .venv/bin/python -c "import ganeti_ovf, lxml, pyparsing, cryptography, pytest"

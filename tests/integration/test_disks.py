@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from ganeti_ovf import disks
 from ganeti_ovf.errors import DiskImageError
 from ganeti_ovf.model import ByteRange

@@ -11,6 +11,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from make_fixtures import Appliance, DiskSpec, build_descriptor
+
 from ganeti_ovf.errors import (
     DiskImageError,
     IntegrityError,
@@ -20,7 +22,6 @@ from ganeti_ovf.errors import (
     UsageError,
 )
 from ganeti_ovf.importer import ImportRequest, import_package
-from make_fixtures import Appliance, DiskSpec, build_descriptor
 
 MIB = 1 << 20
 

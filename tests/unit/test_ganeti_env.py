@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from ganeti_ovf import ganeti_env
 from ganeti_ovf.errors import ClusterError
 

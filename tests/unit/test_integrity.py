@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
+
 from ganeti_ovf.errors import IntegrityError, PackageError, UsageError
 from ganeti_ovf.integrity import (
     ALGORITHMS,

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from ganeti_ovf import ganeti_env, oslist
 from ganeti_ovf.errors import ClusterError, OsNameError
 from ganeti_ovf.oslist import OsDefinition

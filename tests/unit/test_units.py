@@ -22,6 +22,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from ganeti_ovf import units
 from ganeti_ovf.errors import OvfError, UnitsError
 from ganeti_ovf.units import (
@@ -31,8 +34,6 @@ from ganeti_ovf.units import (
     resolve_properties,
     to_bytes,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 KIB, MIB, GIB, TIB = 2**10, 2**20, 2**30, 2**40
 
