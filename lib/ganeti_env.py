@@ -65,6 +65,7 @@ __all__ = [
     "facts",
     "ganeti_dir",
     "gnt_command",
+    "import_ganeti",
     "is_master",
     "master_node",
     "my_hostname",
@@ -410,3 +411,19 @@ def is_master() -> bool:
     ``ssconf.CheckMaster`` does (ssconf master name == my name)."""
     master = master_node()
     return master is not None and master == my_hostname()
+
+
+def import_ganeti(module: str) -> object:
+    """Import a Ganeti module for good (the ``gnt-backup`` extension runs
+    Ganeti's own CLI in-process).  Needs the interpreter Ganeti runs on
+    (``/usr/bin/python3`` on Debian): ``ganeti.cli`` needs OpenSSL & co."""
+    gdir = ganeti_dir()
+    if gdir is None:
+        raise ClusterError("Ganeti is not installed (no /usr/share/ganeti/default)")
+    if gdir not in sys.path:
+        sys.path.insert(0, gdir)
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ClusterError(f"cannot import Ganeti's {module} from {gdir}: {e} (run with "
+                           "/usr/bin/python3)") from e

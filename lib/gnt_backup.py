@@ -1,0 +1,193 @@
+"""``gnt-backup`` with ``--ovf``: Ganeti's own command, extended.
+
+Without ``--ovf`` (and outside ``--help``) the real ``gnt-backup`` is
+exec'd untouched, so output and exit status are exactly Ganeti's.  With it,
+Ganeti's own ``commands`` table is used with three options added
+(``--ovf``, ``-o/--os-type``, ``--no-verify`` on import; ``--ovf`` and the
+package options on export) and the import/export handlers wrapped:
+
+``import --ovf PACKAGE``: the package is checked and converted (manifest,
+OS validated against the cluster, disks converted) into a hidden staging
+export directory under the cluster's export dir on this node, then
+Ganeti's real import handler runs on it with ``--src-node`` this node and
+the operator's own options.  The staging directory is removed afterwards;
+with ``--submit`` by a detached watcher once the job has finished.
+
+``export --ovf``: see ``ovf_export`` below.
+
+Runs on the interpreter Ganeti runs on (``/usr/bin/python3``), in-process
+with Ganeti's CLI, so options and messages are Ganeti's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from . import ganeti_env
+from .errors import OvfError
+
+__all__ = ["main", "real_gnt_backup", "wants_extension"]
+
+STAGING_PREFIX = ".ovf-import-"
+
+
+def real_gnt_backup() -> str:
+    """Ganeti's own gnt-backup, by its installed path (never a PATH lookup
+    of our own name: that could be us)."""
+    gdir = ganeti_env.ganeti_dir()
+    candidates = [os.path.join(gdir, "gnt-backup")] if gdir else []
+    candidates.append("/usr/share/ganeti/default/gnt-backup")
+    for c in candidates:
+        if os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    raise OvfError("Ganeti's gnt-backup is not installed (package ganeti)")
+
+
+def wants_extension(argv: Sequence[str]) -> bool:
+    """Only ``--ovf`` and help requests go through the extended table."""
+    args = list(argv[1:])
+    if not args:
+        return True
+    return any(a == "--ovf" or a.startswith("--ovf=") or a in ("-h", "--help")
+               for a in args)
+
+
+def _ovf_options(cli_opts) -> tuple[list, list]:
+    """Ganeti-style options for import and export (``cli_option`` objects)."""
+    opt = cli_opts.cli_option
+    ovf_import = opt("--ovf", dest="ovf", metavar="<package>", default=None,
+                     help="Import from an OVF/OVA package (.ovf or .ova) instead of"
+                          " a Ganeti export; the package is converted on this node")
+    no_verify = opt("--no-verify", dest="ovf_verify", action="store_false", default=True,
+                    help="With --ovf: skip manifest and certificate checks")
+    ovf_export = opt("--ovf", dest="ovf", action="store_true", default=False,
+                     help="Export as an OVF package instead of a Ganeti export")
+    ova = opt("--ova", dest="ova", action="store_true", default=False,
+              help="With --ovf: write one .ova archive")
+    fmt = opt("--format", dest="ovf_format", default="vmdk", metavar="<format>",
+              choices=["vmdk", "qcow2", "raw", "cow"],
+              help="With --ovf: disk format (vmdk, qcow2, raw)")
+    out = opt("--output-dir", dest="ovf_output_dir", default=None, metavar="<dir>",
+              help="With --ovf: where the package is written")
+    manifest = opt("--manifest", dest="ovf_manifest", default="sha256",
+                   choices=["sha1", "sha256", "sha512"], metavar="<digest>",
+                   help="With --ovf: manifest digest (sha1, sha256, sha512)")
+    return ([ovf_import, cli_opts.OS_OPT, no_verify], [ovf_export, ova, fmt, out, manifest])
+
+
+def _extended_commands(gb, cli_opts, cli) -> dict:
+    imp_opts, exp_opts = _ovf_options(cli_opts)
+    commands = dict(gb.commands)
+    func, args, opts, usage, desc = commands["import"]
+    commands["import"] = (_wrap_import(func, cli), args, list(opts) + imp_opts,
+                          "[--ovf <package> [-o <os>]] " + usage,
+                          desc + " or from an OVF/OVA package (--ovf)")
+    func, args, opts, usage, desc = commands["export"]
+    commands["export"] = (_wrap_export(func, cli), args, list(opts) + exp_opts,
+                          "[--ovf [--ova] [--format vmdk|qcow2|raw]] " + usage,
+                          desc + " or to an OVF/OVA package (--ovf)")
+    return commands
+
+
+def _fail(cli, err: OvfError) -> int:
+    cli.ToStderr("Failure: %s", err)
+    return 1
+
+
+def _wrap_import(original, cli):
+    def import_instance(opts, args):
+        if not getattr(opts, "ovf", None):
+            if getattr(opts, "os", None):
+                cli.ToStderr("Failure: -o/--os-type is only used with --ovf (a Ganeti "
+                             "export names its OS)")
+                return 1
+            return original(opts, args)
+        return ovf_import(original, cli, opts, args)
+    import_instance.__doc__ = original.__doc__
+    return import_instance
+
+
+def ovf_import(original, cli, opts, args) -> int:
+    from .importer import ImportRequest, import_package
+
+    if opts.src_node or opts.src_dir:
+        cli.ToStderr("Failure: --ovf replaces --src-node/--src-dir")
+        return 1
+    instance = args[0]
+    export_root = ganeti_env.export_dir()
+    node = ganeti_env.my_hostname()
+    try:
+        os.makedirs(export_root, mode=0o755, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=export_root)
+    except OSError as e:
+        cli.ToStderr("Failure: cannot create a staging directory in %s: %s",
+                     export_root, e.strerror)
+        return 1
+    keep_for_job = False
+    try:
+        req = ImportRequest(name=instance, os_name=opts.os, verify=opts.ovf_verify,
+                            use_cluster=True)
+        try:
+            result = import_package(opts.ovf, staging, req,
+                                    progress=lambda m: cli.ToStdout("%s", m))
+        except OvfError as e:
+            return _fail(cli, e)
+        opts.src_node = node
+        opts.src_dir = result.path
+        try:
+            return original(opts, args)
+        except cli.errors.JobSubmittedException as e:
+            keep_for_job = True
+            _cleanup_after_job(e.args[0], staging)
+            raise
+    finally:
+        if not keep_for_job:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _cleanup_after_job(job_id, staging: str) -> None:
+    """Remove the staging dir once the submitted job has finished, from a
+    detached process (the command itself returns at once with --submit)."""
+    gnt_job = ganeti_env.gnt_command("gnt-job")
+    script = ("import subprocess, shutil, sys; "
+              "subprocess.run([sys.argv[1], 'watch', sys.argv[2]], "
+              "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+              "shutil.rmtree(sys.argv[3], ignore_errors=True)")
+    subprocess.Popen([sys.executable, "-c", script, gnt_job, str(job_id), staging],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+
+
+def _wrap_export(original, cli):
+    def export_instance(opts, args):
+        if not getattr(opts, "ovf", False):
+            return original(opts, args)
+        from .gnt_export import ovf_export
+
+        try:
+            return ovf_export(cli, opts, args)
+        except OvfError as e:
+            return _fail(cli, e)
+    export_instance.__doc__ = original.__doc__
+    return export_instance
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    if not wants_extension(argv):
+        real = real_gnt_backup()
+        os.execv(real, [real] + argv[1:])
+    try:
+        gb = ganeti_env.import_ganeti("ganeti.client.gnt_backup")
+        cli = ganeti_env.import_ganeti("ganeti.cli")
+        cli_opts = ganeti_env.import_ganeti("ganeti.cli_opts")
+    except OvfError as e:
+        print(f"gnt-backup: {e}", file=sys.stderr)
+        return 1
+    sys.argv = argv
+    return cli.GenericMain(_extended_commands(gb, cli_opts, cli))
