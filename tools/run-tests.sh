@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
-.venv/bin/python -m ruff check lib tests tools scripts/ovfconverter
+.venv/bin/python -m ruff check lib tests tools qa scripts/ovfconverter scripts/gnt-backup
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests
