@@ -417,3 +417,44 @@ def test_ova_is_not_extracted(build, tmp_path, os_path, mocker):
     assert spy.call_count == 0 and ext.call_count == 0
     assert dump_bytes(res.path, ini(res.path), 0) == raws[0]
     assert hashlib.sha256(raws[0]).hexdigest()  # sanity: content exists
+
+
+def _self_signed(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "appliance vendor")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_signed_package_verified_and_shown(build, tmp_path, os_path):
+    from ganeti_ovf import integrity, report
+
+    pkg, raws = build(Appliance(name="signed", disks=[DiskSpec(MIB, "vmdk")]), ova=False)
+    mf = Path(pkg).with_suffix(".mf")
+    key_pem, cert_pem = _self_signed(tmp_path)
+    cert = integrity.sign_manifest(mf.name, mf.read_bytes(), key_pem, cert_pem)
+    Path(pkg).with_suffix(".cert").write_bytes(cert)
+    info = report.package_info(pkg)
+    assert info["certificate"]["subject"] == "CN=appliance vendor"
+    assert info["certificate"]["self_signed"] is True
+    res = import_package(pkg, str(tmp_path / "o"), req(os_path))
+    assert dump_bytes(res.path, ini(res.path), 0) == raws[0]
+    # A manifest changed after signing (digest of a re-made disk updated too)
+    # no longer matches the signature.
+    mf.write_bytes(mf.read_bytes().replace(b"SHA256(signed.ovf)", b"SHA256(signed.ovf) "))
+    with pytest.raises(IntegrityError, match=r"SHA256 signature of 'signed.mf' does not verify"):
+        import_package(pkg, str(tmp_path / "o2"), req(os_path))
+    assert not (tmp_path / "o2").exists()
