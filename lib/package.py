@@ -324,10 +324,18 @@ def open_package(path: str) -> Package:
         raise PackageError("not a regular file", path)
     with open(path, "rb") as f:
         head = f.read(512)
+    if head[:2] == b"\x1f\x8b":
+        # Ganeti's old ovfconverter took these; an OVA is a plain tar that we
+        # read in place, which a gzip stream does not allow.
+        raise PackageError("is gzip-compressed; an OVA is an uncompressed tar, so "
+                           "decompress it first (gzip -dc)", path)
     if _looks_like_tar(head):
         return OvaPackage(path)
     if path.lower().endswith(".ova"):
-        raise PackageError("not a valid OVA (tar) archive", path)
+        hint = ""
+        if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
+            hint = " (it is XML: a descriptor belongs in a .ovf file)"
+        raise PackageError(f"not a valid OVA (tar) archive{hint}", path)
     return DirPackage(path)
 
 

@@ -88,6 +88,7 @@ def package_info(path: str, *, vsys: str | None = None, configuration: str | Non
         "manifest": None if check.manifest is None else {
             "file": check.manifest, "algorithms": list(check.algorithms),
             "verified": list(check.verified), "problems": list(check.problems),
+            "warnings": list(check.warnings),
         },
         "certificate": None if cert is None else {
             "subject": cert.subject, "issuer": cert.issuer,
@@ -95,7 +96,9 @@ def package_info(path: str, *, vsys: str | None = None, configuration: str | Non
             "self_signed": cert.self_signed, "expired": cert.expired,
             "fingerprint_sha256": cert.fingerprint_sha256,
         },
-        "warnings": list(env.warnings),
+        # What the reader could not use, then what the manifest leaves
+        # unprotected (e.g. VirtualBox 5.0 manifests that skip the .ovf).
+        "warnings": list(env.warnings) + list(check.warnings),
     }
 
 
@@ -119,9 +122,10 @@ def info_text(d: dict[str, Any]) -> str:
     for vs in d["systems"]:
         out.append(f"Virtual system {vs['id']!r}: {vs['name'] or '(no name)'}")
         os_ = vs["os"]
-        if any(os_.values()):
-            out.append(f"  OS: {os_['description'] or ''} (id {os_['id']}"
-                       + (f", {os_['vmw_os_type']}" if os_["vmw_os_type"] else "") + ")")
+        if any(v is not None for v in os_.values()):
+            detail = ", ".join(x for x in (
+                None if os_["id"] is None else f"id {os_['id']}", os_["vmw_os_type"]) if x)
+            out.append(f"  OS: {os_['description'] or '-'}" + (f" ({detail})" if detail else ""))
         out.append(f"  CPUs: {vs['cpus'] if vs['cpus'] is not None else '-'}   "
                    f"Memory: {_size(vs['memory'])}"
                    + (f"   Video memory: {_size(vs['video_memory'])}"
@@ -226,7 +230,8 @@ def verify_package(path: str) -> tuple[list[str], list[str]]:
     check = check_package(pkg, collect=True)
     problems.extend(check.problems)
     if check.manifest:
-        checked.append(f"manifest {check.manifest}: {len(check.verified)} digest(s) match")
+        checked.append(f"manifest {check.manifest}: {len(check.verified)} digest(s) match"
+                       + "".join(f"; {w}" for w in check.warnings))
     else:
         checked.append("no manifest")
     if check.certificate is not None:

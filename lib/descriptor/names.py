@@ -45,7 +45,8 @@ WRITE_NS: dict[str, dict[str, str]] = {
 }
 
 _ROLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("ovf", re.compile(r"schemas?\.dmtf\.org/ovf/envelope/\d", re.I)),
+    # The digit is missing in pre-1.0 drafts (IBM open-ovf).
+    ("ovf", re.compile(r"schemas?\.dmtf\.org/ovf/envelope(/\d|/?$)", re.I)),
     ("ovf", re.compile(r"vmware\.com/schema/ovf/\d/envelope", re.I)),
     ("rasd", re.compile(r"CIM_ResourceAllocationSettingData", re.I)),
     ("vssd", re.compile(r"CIM_VirtualSystemSettingData", re.I)),

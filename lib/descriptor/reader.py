@@ -58,11 +58,11 @@ def parse_xml(data: bytes, *, path: str | None = None) -> etree._Element:
     except etree.XMLSyntaxError as e:
         retry = _undeclare_utf16(data)
         if retry is None:
-            raise DescriptorError(f"not well-formed XML: {_xml_msg(e)}", path) from e
+            raise _syntax_error(e, path) from e
         try:
             root = etree.fromstring(retry, _parser())
         except etree.XMLSyntaxError:
-            raise DescriptorError(f"not well-formed XML: {_xml_msg(e)}", path) from e
+            raise _syntax_error(e, path) from e
     except ValueError as e:  # e.g. unicode strings with declarations
         raise DescriptorError(f"not readable as XML: {e}", path) from e
     if root is None:
@@ -74,6 +74,18 @@ def parse_xml(data: bytes, *, path: str | None = None) -> etree._Element:
 def _xml_msg(e: etree.XMLSyntaxError) -> str:
     msg = str(e.msg if getattr(e, "msg", None) else e)
     return msg.splitlines()[0] if msg else "syntax error"
+
+
+def _syntax_error(e: etree.XMLSyntaxError, path: str | None) -> DescriptorError:
+    """lxml's complaint as our one line; libxml2's own limits said plainly
+    (its advice to 'use XML_PARSE_HUGE' is not for an operator)."""
+    msg = _xml_msg(e)
+    if "Excessive depth" in msg:
+        return DescriptorError(f"XML nested deeper than {MAX_DEPTH} levels", path)
+    if "amplification" in msg.lower():
+        return DescriptorError("XML entity declarations would expand beyond the parser's "
+                               "limit (an entity bomb); entities are never expanded", path)
+    return DescriptorError(f"not well-formed XML: {msg}", path)
 
 
 def _undeclare_utf16(data: bytes) -> bytes | None:
@@ -127,10 +139,30 @@ def _child(el: etree._Element, local: str, role: str = "ovf") -> etree._Element 
 
 
 def _text(el: etree._Element | None) -> str | None:
+    """The element's text, entity references left out (never expanded)."""
     if el is None:
         return None
-    t = "".join(el.itertext()).strip()
+    parts: list[str] = []
+    _collect_text(el, parts)
+    t = "".join(parts).strip()
     return t or None
+
+
+def _collect_text(el: etree._Element, parts: list[str]) -> None:
+    if el.text:
+        parts.append(el.text)
+    for c in el:
+        if isinstance(c.tag, str):  # not an entity reference
+            _collect_text(c, parts)
+        if c.tail:
+            parts.append(c.tail)
+
+
+def _shown(value: str) -> str:
+    """A value in repr for a message, cut short so one line stays short."""
+    if len(value) <= 80:
+        return repr(value)
+    return f"{value[:80]!r}... ({len(value)} characters)"
 
 
 def _attr(el: etree._Element, local: str) -> str | None:
@@ -151,16 +183,27 @@ def _vendor_attr(el: etree._Element, local: str, role: str) -> str | None:
     return None
 
 
+_WHOLE = re.compile(r"\s*([-+]?)([0-9]{1,100})\s*")
+
+
 def _int(value: str | None, what: str, path: str | None) -> int | None:
+    """A whole number >= 0; None if absent; DescriptorError otherwise."""
     if value is None or value.strip() == "":
         return None
-    try:
-        n = int(value.strip())
-    except ValueError:
-        raise DescriptorError(f"{what} {value!r} is not a whole number", path) from None
-    if n < 0:
-        raise DescriptorError(f"{what} {value!r} is negative", path)
-    return n
+    m = _WHOLE.fullmatch(value)
+    if m is None:
+        raise DescriptorError(f"{what} {_shown(value)} is not a whole number", path)
+    if m.group(1) == "-" and int(m.group(2)) != 0:
+        raise DescriptorError(f"{what} {_shown(value)} is negative", path)
+    return int(m.group(2))
+
+
+def _number(value: str) -> int | None:
+    """A whole number, maybe negative; None if ``value`` is not one."""
+    m = _WHOLE.fullmatch(value)
+    if m is None:
+        return None
+    return -int(m.group(2)) if m.group(1) == "-" else int(m.group(2))
 
 
 def _rasd(item: etree._Element, local: str) -> str | None:
@@ -181,6 +224,9 @@ class _Reader:
         self.path = path
         self.warnings: list[str] = []
         self.wanted_configuration = configuration
+        self.configuration: str | None = None
+        self.files: dict[str, FileRef] = {}
+        self.properties: dict[str, str | None] = {}
 
     def warn(self, msg: str) -> None:
         if msg not in self.warnings:
@@ -195,7 +241,8 @@ class _Reader:
             raise DescriptorError(f"not an OVF descriptor (root element is {what!r}, "
                                   "not Envelope)", self.path)
         version = ovf_version_of(etree.QName(root).namespace, _attr(root, "version"))
-        files = self._files()
+        self._entities()
+        self.files = files = self._files()
         self.properties = self._all_properties()
         disks = self._disks(files)
         networks = tuple(
@@ -208,7 +255,7 @@ class _Reader:
         env_ganeti = self._ganeti(root)
         systems = tuple(self._systems(root, disks, env_ganeti))
         if not systems:
-            raise DescriptorError("no VirtualSystem in the descriptor", self.path)
+            raise DescriptorError(self._no_system(), self.path)
         return Envelope(
             version=version,
             files=tuple(files.values()),
@@ -220,6 +267,23 @@ class _Reader:
             warnings=tuple(self.warnings),
         )
 
+    def _entities(self) -> None:
+        """Entity references stay references (the parser never expands
+        them); their text is left out, and the operator is told."""
+        names = sorted({e.name for e in self.root.iter(etree.Entity)})
+        if names:
+            shown = ", ".join(f"&{n};" for n in names[:5]) + (", ..." if len(names) > 5 else "")
+            self.warn(f"entity reference(s) {shown} not expanded; left out of the text")
+
+    def _no_system(self) -> str:
+        collections = [_attr(e, "id") or "" for e in self.root.iter()
+                       if isinstance(e.tag, str) and _qn(e)[0] == "ovf"
+                       and _kind(e) == "VirtualSystemCollection"]
+        if collections:
+            return ("no VirtualSystem in the descriptor (VirtualSystemCollection "
+                    f"{_shown(collections[0])} holds none)")
+        return "no VirtualSystem in the descriptor"
+
     def _sections(self, el: etree._Element, kind: str) -> Iterator[etree._Element]:
         for c in el:
             if isinstance(c.tag, str) and _qn(c)[0] == "ovf" and _kind(c) == kind:
@@ -228,72 +292,126 @@ class _Reader:
     # -- References / DiskSection ----------------------------------------
 
     def _files(self) -> dict[str, FileRef]:
+        """Every References/File by id.  oVirt writes References twice: the
+        same declaration again is harmless, a different one is ambiguous."""
         out: dict[str, FileRef] = {}
-        refs = _child(self.root, "References")
-        if refs is None:
-            return out
-        for f in _children(refs, "File"):
-            fid = _attr(f, "id")
-            href = _attr(f, "href")
-            if not fid or not href:
-                raise DescriptorError("References/File without ovf:id or ovf:href", self.path)
-            if fid in out:
-                raise DescriptorError(f"file id {fid!r} is declared twice", self.path)
-            comp = _attr(f, "compression")
-            if comp is not None:
-                comp = comp.strip().lower()
-                if comp in ("", "identity"):
-                    comp = None
-            out[fid] = FileRef(
-                file_id=fid,
-                href=href.strip(),
-                size=_int(_attr(f, "size"), f"size of file {fid!r}", self.path),
-                compression=comp,
-                chunk_size=_int(_attr(f, "chunkSize"), f"chunkSize of file {fid!r}", self.path),
-            )
+        sections = list(self._sections(self.root, "References"))
+        if len(sections) > 1:
+            self.warn(f"{len(sections)} References sections; read as one")
+        for sec in sections:
+            for f in _children(sec, "File"):
+                ref = self._file(f)
+                old = out.get(ref.file_id)
+                if old is None:
+                    out[ref.file_id] = ref
+                elif old == ref:
+                    self.warn(f"file id {ref.file_id!r} is declared twice, identically")
+                else:
+                    raise DescriptorError(
+                        f"file id {_shown(ref.file_id)} is declared twice (as "
+                        f"{_shown(old.href)} and {_shown(ref.href)})", self.path)
         return out
+
+    def _file(self, f: etree._Element) -> FileRef:
+        fid = _attr(f, "id")
+        href = (_attr(f, "href") or "").strip()
+        if not fid:
+            raise DescriptorError(f"References/File {_shown(href)} has no ovf:id", self.path)
+        if not href:
+            raise DescriptorError(f"References/File {_shown(fid)} has no ovf:href", self.path)
+        comp = _attr(f, "compression")
+        if comp is not None:
+            comp = comp.strip().lower()
+            if comp in ("", "identity"):
+                comp = None
+        # ovf:size only cross-checks what is stored: a placeholder left by
+        # a build template is a warning; a negative size cannot be true.
+        size = None
+        raw = _attr(f, "size")
+        if raw is not None and raw.strip():
+            size = _number(raw)
+            if size is None:
+                self.warn(f"file {fid!r}: size {_shown(raw)} is not a whole number; ignored")
+            elif size < 0:
+                raise DescriptorError(f"file {_shown(fid)}: size {_shown(raw)} is negative",
+                                      self.path)
+        # ovf:chunkSize says where the bytes are: it must be usable.
+        chunk = _int(_attr(f, "chunkSize"), f"file {_shown(fid)}: chunkSize", self.path)
+        if chunk == 0:
+            raise DescriptorError(f"file {_shown(fid)}: chunkSize is 0", self.path)
+        return FileRef(file_id=fid, href=href, size=size, compression=comp, chunk_size=chunk)
 
     def _disks(self, files: Mapping[str, FileRef]) -> dict[str, Disk]:
         out: dict[str, Disk] = {}
         sections = list(self._sections(self.root, "DiskSection"))
         # OVF 2 may also carry DiskSection inside VirtualSystem.
-        for vs in self.root.iter():
-            if isinstance(vs.tag, str) and _kind(vs) == "VirtualSystem":
-                sections.extend(self._sections(vs, "DiskSection"))
+        for vs in self._all_vs():
+            sections.extend(self._sections(vs, "DiskSection"))
         for sec in sections:
             for d in _children(sec, "Disk"):
-                did = _attr(d, "diskId")
-                if not did:
-                    raise DescriptorError("Disk without ovf:diskId", self.path)
-                file_ref = None
-                fref = _attr(d, "fileRef")
-                if fref:
-                    file_ref = files.get(fref)
-                    if file_ref is None:
-                        raise DescriptorError(f"disk {did!r} refers to file {fref!r}, "
-                                              "which References does not declare", self.path)
-                out[did] = Disk(
-                    disk_id=did,
-                    capacity=self._capacity(d, did),
-                    file_ref=file_ref,
-                    format_uri=_attr(d, "format"),
-                    populated_size=_int(_attr(d, "populatedSize"),
-                                        f"populatedSize of disk {did!r}", self.path),
-                    parent_ref=_attr(d, "parentRef"),
-                )
+                disk = self._disk(d, files)
+                old = out.get(disk.disk_id)
+                if old is None:
+                    out[disk.disk_id] = disk
+                elif old == disk:
+                    self.warn(f"disk id {disk.disk_id!r} is declared twice, identically")
+                else:
+                    raise DescriptorError(f"disk id {_shown(disk.disk_id)} is declared twice, "
+                                          "differently", self.path)
         return out
+
+    def _disk(self, d: etree._Element, files: Mapping[str, FileRef]) -> Disk:
+        did = _attr(d, "diskId")
+        fref = (_attr(d, "fileRef") or "").strip()
+        if not did:
+            raise DescriptorError("Disk without ovf:diskId"
+                                  + (f" (fileRef {_shown(fref)})" if fref else ""), self.path)
+        return Disk(
+            disk_id=did,
+            capacity=self._capacity(d, did),
+            file_ref=self._disk_file(did, fref, files) if fref else None,
+            format_uri=_attr(d, "format"),
+            populated_size=self._populated(d, did),
+            parent_ref=_attr(d, "parentRef") or None,  # oVirt writes parentRef=""
+        )
+
+    def _disk_file(self, did: str, fref: str, files: Mapping[str, FileRef]) -> FileRef:
+        ref = files.get(fref)
+        if ref is not None:
+            return ref
+        # oVirt's fileRef is the File's href ("image-group/image"), not its id.
+        by_href = [f for f in files.values() if f.href == fref]
+        if len(by_href) == 1:
+            return by_href[0]
+        raise DescriptorError(f"disk {_shown(did)} refers to file {_shown(fref)}, which "
+                              "References does not declare", self.path)
 
     def _capacity(self, d: etree._Element, did: str) -> int | None:
         cap = _attr(d, "capacity")
         if cap is None or not cap.strip():
             return None
         try:
-            cap = units.resolve_properties(cap, self.properties, path=self.path)
+            value = units.resolve_properties(cap, self.properties, path=self.path)
             unit = _attr(d, "capacityAllocationUnits")
-            return units.to_bytes(cap, unit, default_units="byte", path=self.path)
+            n = units.to_bytes(value, unit, default_units="byte", path=self.path)
         except OvfError as e:
-            self.warn(f"disk {did!r}: capacity {cap!r} not usable ({e.problem})")
+            self.warn(f"disk {did!r}: capacity {_shown(cap)} not usable ({e.problem})")
             return None
+        if n == 0:
+            self.warn(f"disk {did!r}: capacity {_shown(cap)} is zero; ignored")
+            return None
+        return n
+
+    def _populated(self, d: etree._Element, did: str) -> int | None:
+        """ovf:populatedSize is informational: unusable means unknown."""
+        raw = _attr(d, "populatedSize")
+        if raw is None or not raw.strip():
+            return None
+        n = _number(raw)
+        if n is None or n < 0:
+            self.warn(f"disk {did!r}: populatedSize {_shown(raw)} is not a size; ignored")
+            return None
+        return n
 
     # -- properties / configurations -------------------------------------
 
@@ -305,6 +423,7 @@ class _Reader:
                 continue
             cls = _attr(el, "class")
             inst = _attr(el, "instance")
+            seen: dict[str, str | None] = {}  # in this section
             for p in el.iter():
                 if not isinstance(p.tag, str) or _kind(p) != "Property":
                     continue
@@ -313,24 +432,30 @@ class _Reader:
                     continue
                 value = _attr(p, "value")
                 full = ".".join(x for x in (cls, key, inst) if x)
+                if key in seen and seen[key] != value:
+                    self.warn(f"property {full!r} is declared twice; its first default is "
+                              "used")
+                seen.setdefault(key, value)
                 props.setdefault(key, value)
                 props.setdefault(full, value)
         return props
 
     def _configurations(self) -> tuple[tuple[str, ...], str | None]:
         sec = next(self._sections(self.root, "DeploymentOptionSection"), None)
-        if sec is None:
-            return (), None
         ids: list[str] = []
         default = None
-        for c in _children(sec, "Configuration"):
+        for c in (_children(sec, "Configuration") if sec is not None else ()):
             cid = _attr(c, "id")
-            if not cid:
+            if not cid or cid in ids:
                 continue
             ids.append(cid)
-            if (_attr(c, "default") or "").strip().lower() == "true":
+            if default is None and (_attr(c, "default") or "").strip().lower() in ("true", "1"):
                 default = cid
         if not ids:
+            if self.wanted_configuration is not None:
+                raise DescriptorError(
+                    f"no deployment configuration {self.wanted_configuration!r}; the "
+                    "package offers none", self.path)
             return (), None
         chosen = default or ids[0]
         if self.wanted_configuration is not None:
@@ -343,11 +468,20 @@ class _Reader:
         return ordered, chosen
 
     def _applies(self, item: etree._Element) -> bool:
-        conf = _attr(item, "configuration")
-        if conf and self.configuration is not None:
-            return self.configuration in conf.split()
+        """An item counts if its bound is normal (min/max items only bound a
+        range) and, when it names configurations, the chosen one is among them."""
         bound = (_attr(item, "bound") or "normal").strip().lower()
-        return bound == "normal"
+        if bound != "normal":
+            return False
+        return self._specific(item) is not False
+
+    def _specific(self, item: etree._Element) -> bool | None:
+        """True: the item is for the chosen configuration only; False: for
+        others only; None: for every configuration."""
+        confs = (_attr(item, "configuration") or "").split()
+        if not confs or self.configuration is None:
+            return None
+        return self.configuration in confs
 
     # -- systems ----------------------------------------------------------
 
@@ -365,12 +499,16 @@ class _Reader:
     def _system(self, vs: etree._Element, disks: Mapping[str, Disk],
                 env_ganeti: GanetiInfo | None) -> VirtualSystem:
         sid = _attr(vs, "id") or ""
+        if not sid:
+            self.warn("VirtualSystem without ovf:id")
         name = _text(_child(vs, "Name"))
         os_id = os_desc = os_type = None
         ossec = next(self._sections(vs, "OperatingSystemSection"), None)
         if ossec is not None:
-            os_id = _int(_attr(ossec, "id"), "OperatingSystemSection id", self.path) \
-                if (_attr(ossec, "id") or "").strip().isdigit() else None
+            raw = _attr(ossec, "id")
+            os_id = _number(raw) if raw else None
+            if os_id is not None and os_id < 0:
+                os_id = None
             os_desc = _text(_child(ossec, "Description"))
             os_type = _vendor_attr(ossec, "osType", "vmw")
         hw_secs = list(self._sections(vs, "VirtualHardwareSection"))
@@ -390,11 +528,9 @@ class _Reader:
         else:
             self.warn(f"system {sid!r}: no VirtualHardwareSection")
         if not sys_disks and disks and len(self._all_vs()) == 1:
-            attached = [d for d in disks.values()]
-            if attached:
-                self.warn(f"system {sid!r}: no disk items; using every disk of DiskSection "
-                          "in order")
-                sys_disks = attached
+            self.warn(f"system {sid!r}: no disk items; using every disk of DiskSection "
+                      "in order")
+            sys_disks = list(disks.values())
         products = tuple(self._product(p) for p in self._sections(vs, "ProductSection"))
         eulas = tuple(t for t in (_text(_child(e, "License"))
                                   for e in self._sections(vs, "EulaSection")) if t)
@@ -422,7 +558,8 @@ class _Reader:
         )
 
     def _hardware(self, hw: etree._Element, sid: str, disks: Mapping[str, Disk]):
-        cpus = memory = video = None
+        # (for the chosen configuration only?, value) per quantity, in item order
+        found: dict[str, list[tuple[bool, int]]] = {"CPU": [], "memory": [], "video memory": []}
         sys_disks: list[Disk] = []
         nics: list[Nic] = []
         for item in hw:
@@ -432,22 +569,29 @@ class _Reader:
                 continue
             if not self._applies(item):
                 continue
-            rtype = _int(_rasd(item, "ResourceType"), "ResourceType", self.path) \
-                if (_rasd(item, "ResourceType") or "").isdigit() else None
+            raw_type = _rasd(item, "ResourceType")
+            rtype = _number(raw_type) if raw_type else None
             label = _rasd(item, "ElementName") or _rasd(item, "InstanceID") or "?"
+            if rtype is None and any(isinstance(c.tag, str) for c in item):
+                self.warn(f"system {sid!r}: item {label!r} has no usable ResourceType "
+                          f"({_shown(raw_type or '')}); ignored")
+            value: int | None = None
             if rtype == RESOURCE_TYPES["processor"]:
-                cpus = self._quantity(item, f"system {sid!r}: CPU item", None)
+                value = self._count(item, sid, label)
+                what = "CPU"
             elif rtype == RESOURCE_TYPES["memory"]:
-                memory = self._bytes(item, sid, "memory")
+                value = self._bytes(item, sid, label, "memory")
+                what = "memory"
             elif rtype == RESOURCE_TYPES["graphics"]:
-                video = self._bytes(item, sid, "video memory", missing_ok=True)
+                value = self._bytes(item, sid, label, "video memory", quiet=True)
+                what = "video memory"
             elif rtype == RESOURCE_TYPES["ethernet"]:
                 nics.append(Nic(network=_rasd(item, "Connection"),
                                 mac=_rasd(item, "Address"),
                                 model=_rasd(item, "ResourceSubType"),
                                 name=_rasd(item, "ElementName")))
             elif rtype == RESOURCE_TYPES["disk"]:
-                d = self._disk_item(item, sid, disks)
+                d = self._disk_item(item, sid, label, disks)
                 if d is not None:
                     sys_disks.append(d)
             elif rtype in (RESOURCE_TYPES["cdrom"], RESOURCE_TYPES["dvd"],
@@ -455,63 +599,118 @@ class _Reader:
                 host = _rasd(item, "HostResource")
                 if host:
                     self.warn(f"system {sid!r}: {label!r} media {host!r} is not imported")
+            if value is not None:
+                found[what].append((self._specific(item) is True, value))
+        cpus, memory, video = (self._choose(sid, what, found[what])
+                               for what in ("CPU", "memory", "video memory"))
         return cpus, memory, video, sys_disks, nics
 
-    def _quantity(self, item: etree._Element, what: str, default: int | None) -> int | None:
-        q = _rasd(item, "VirtualQuantity")
-        if q is None:
-            return default
-        try:
-            q = units.resolve_properties(q, self.properties, path=self.path)
-        except OvfError as e:
-            raise DescriptorError(f"{what}: quantity {q!r} not usable ({e.problem})",
-                                  self.path) from e
-        return _int(q, f"{what}: quantity", self.path)
+    def _choose(self, sid: str, what: str, found: list[tuple[bool, int]]) -> int | None:
+        """An item made for the chosen configuration beats one for all;
+        among equals the first wins, and a disagreement is reported."""
+        best = [v for specific, v in found if specific] or [v for _s, v in found]
+        if not best:
+            return None
+        if len(set(best)) > 1:
+            self.warn(f"system {sid!r}: {len(best)} {what} items disagree "
+                      f"({', '.join(map(str, best))}); using the first")
+        return best[0]
 
-    def _bytes(self, item: etree._Element, sid: str, what: str,
-               missing_ok: bool = False) -> int | None:
+    def _count(self, item: etree._Element, sid: str, label: str) -> int | None:
         q = _rasd(item, "VirtualQuantity")
         if q is None:
-            if missing_ok:
-                return None
-            raise DescriptorError(f"system {sid!r}: {what} item has no VirtualQuantity",
-                                  self.path)
+            ovirt = self._ovirt_cpus(item)
+            if ovirt is None:
+                self.warn(f"system {sid!r}: CPU item {label!r} has no VirtualQuantity; "
+                          "ignored")
+            return ovirt
+        try:
+            value = units.resolve_properties(q, self.properties, path=self.path)
+        except OvfError as e:
+            self.warn(f"system {sid!r}: CPU count {_shown(q)} not usable ({e.problem})")
+            return None
+        n = _number(value)
+        if n is None or n <= 0:
+            self.warn(f"system {sid!r}: CPU count {_shown(q)} is not a positive whole "
+                      "number; ignored")
+            return None
+        return n
+
+    @staticmethod
+    def _ovirt_cpus(item: etree._Element) -> int | None:
+        """oVirt counts CPUs as sockets x cores per socket (x threads)."""
+        n = 1
+        for local, required in (("num_of_sockets", True), ("cpu_per_socket", True),
+                                ("threads_per_cpu", False)):
+            raw = _rasd(item, local)
+            v = _number(raw) if raw else None
+            if v is None or v <= 0:
+                if required or raw:
+                    return None
+                continue
+            n *= v
+        return n
+
+    def _bytes(self, item: etree._Element, sid: str, label: str, what: str,
+               quiet: bool = False) -> int | None:
+        q = _rasd(item, "VirtualQuantity")
+        if q is None:
+            if not quiet:  # e.g. an item that only sets a Reservation
+                self.warn(f"system {sid!r}: {what} item {label!r} has no VirtualQuantity; "
+                          "ignored")
+            return None
         unit = _rasd(item, "AllocationUnits") or _rasd(item, "VirtualQuantityUnits")
         if unit is None:
             # What VMware and VirtualBox assume; said aloud, never silent.
             self.warn(f"system {sid!r}: {what} has no AllocationUnits; read as MiB")
             unit = "byte * 2^20"
         try:
-            q = units.resolve_properties(q, self.properties, path=self.path)
-            return units.to_bytes(q, unit, path=self.path)
+            value = units.resolve_properties(q, self.properties, path=self.path)
+            n = units.to_bytes(value, unit, path=self.path)
         except OvfError as e:
-            if missing_ok:
-                self.warn(f"system {sid!r}: {what} not usable ({e.problem})")
-                return None
-            raise DescriptorError(f"system {sid!r}: {what}: {e.problem}", self.path) from e
+            self.warn(f"system {sid!r}: {what} {_shown(q)} not usable ({e.problem})")
+            return None
+        if n == 0 and not quiet:
+            self.warn(f"system {sid!r}: {what} {_shown(q)} is zero; ignored")
+            return None
+        return n
 
-    def _disk_item(self, item: etree._Element, sid: str,
+    _HOST_RESOURCE = re.compile(r"^(?:ovf:)?/*(disk|file)/(.+)$")
+
+    def _disk_item(self, item: etree._Element, sid: str, label: str,
                    disks: Mapping[str, Disk]) -> Disk | None:
         host = _rasd(item, "HostResource")
         if not host:
-            self.warn(f"system {sid!r}: disk item without HostResource ignored")
+            self.warn(f"system {sid!r}: disk item {label!r} without HostResource ignored")
             return None
-        m = re.match(r"^(?:ovf:)?/?(disk|file)/(.+)$", host.strip())
-        if not m:
-            raise DescriptorError(f"system {sid!r}: disk HostResource {host!r} is neither "
-                                  "ovf:/disk/ID nor ovf:/file/ID", self.path)
-        kind, ref = m.groups()
-        if kind == "disk":
-            d = disks.get(ref)
-            if d is None:
-                raise DescriptorError(f"system {sid!r}: disk item refers to disk {ref!r}, "
-                                      "which DiskSection does not declare", self.path)
+        # ovf:/disk/ID as the spec says, /disk/ID (VirtualBox, 0.9) and
+        # ovf://disk/ID (open-ovf, some VMware) alike.
+        m = self._HOST_RESOURCE.match(host)
+        if m:
+            kind, ref = m.groups()
+            if kind == "disk":
+                d = disks.get(ref)
+                if d is None:
+                    raise DescriptorError(f"system {sid!r}: disk item refers to disk "
+                                          f"{_shown(ref)}, which DiskSection does not "
+                                          "declare", self.path)
+                return d
+            fref = self.files.get(ref)
+            if fref is None:
+                raise DescriptorError(f"system {sid!r}: disk item refers to file "
+                                      f"{_shown(ref)}, which References does not declare",
+                                      self.path)
+            declared = next((d for d in disks.values() if d.file_ref == fref), None)
+            return declared or Disk(disk_id=ref, capacity=None, file_ref=fref)
+        # oVirt and virt-v2v write the disk's file (id or href) bare.
+        d = disks.get(host) or next(
+            (d for d in disks.values()
+             if d.file_ref is not None and host in (d.file_ref.file_id, d.file_ref.href)),
+            None)
+        if d is not None:
             return d
-        fref = next((f for f in self._files().values() if f.file_id == ref), None)
-        if fref is None:
-            raise DescriptorError(f"system {sid!r}: disk item refers to file {ref!r}, "
-                                  "which References does not declare", self.path)
-        return Disk(disk_id=ref, capacity=None, file_ref=fref)
+        raise DescriptorError(f"system {sid!r}: disk HostResource {_shown(host)} is neither "
+                              "ovf:/disk/ID nor ovf:/file/ID", self.path)
 
     # -- Ganeti's own section ---------------------------------------------
 
