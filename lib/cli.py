@@ -172,7 +172,24 @@ def cmd_import(args) -> int:
 
 
 def cmd_export(args) -> int:
-    raise UsageError("export is not implemented yet")
+    """Export to OVF/OVA; the default output directory is the current one
+    (what tar, qemu-img and ovftool do), not Ganeti's export directory as
+    upstream's converter did: gnt-backup owns that tree and replaces or
+    removes an instance's export there, package included."""
+    from .exporter import ExportRequest, export_package
+
+    fmt = args.disk_format
+    if fmt == "cow":
+        log.warning("--format cow: qemu-img no longer writes cow images; writing qcow2")
+        fmt = "qcow2"
+    req = ExportRequest(
+        name=args.name, disk_format=fmt, compress=args.compress, external=args.external,
+        ova=args.ova, ovf_version=args.ovf_version, manifest=args.manifest,
+        sign_key=args.sign_key, sign_cert=args.sign_cert, chunk_size=args.chunk_size,
+    )
+    result = export_package(args.source, args.output_dir or ".", req, progress=log.info)
+    _emit(result.path)
+    return EXIT_SUCCESS
 
 
 def cmd_info(args) -> int:

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -252,18 +253,21 @@ def staging(dest: str) -> Iterator[str]:
     parent = os.path.dirname(os.path.abspath(dest)) or "."
     if os.path.lexists(dest):
         raise ExportDirError("already exists; remove it or choose another name", dest)
+    tmp: str | None = None
     try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.new-", dir=parent)
-    except OSError as e:
-        raise ExportDirError(f"cannot create a directory: {e.strerror}", parent) from e
-    try:
+        with _signals_held():
+            try:
+                os.makedirs(parent, exist_ok=True)
+                tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.new-", dir=parent)
+            except OSError as e:
+                raise ExportDirError(f"cannot create a directory: {e.strerror}", parent) from e
         yield tmp
         if os.path.lexists(dest):
             raise ExportDirError("appeared while we worked; not replaced", dest)
         os.rename(tmp, dest)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -275,6 +279,19 @@ def write_config(directory: str, cfg: ExportConfig) -> str:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     return path
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM (delivered when the block ends), so a temporary
+    file cannot be created and then lost to a Ctrl-C before its cleanup
+    is in place."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @contextlib.contextmanager
@@ -293,13 +310,16 @@ def staging_file(dest: str) -> Iterator[str]:
     parent = os.path.dirname(os.path.abspath(dest)) or "."
     if os.path.lexists(dest):
         raise ExportDirError("already exists; remove it or choose another name", dest)
+    tmp: str | None = None
     try:
-        os.makedirs(parent, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.new-", dir=parent)
-        os.close(fd)
-    except OSError as e:
-        raise ExportDirError(f"cannot create a file: {e.strerror}", parent) from e
-    try:
+        with _signals_held():
+            try:
+                os.makedirs(parent, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.new-",
+                                           dir=parent)
+                os.close(fd)
+            except OSError as e:
+                raise ExportDirError(f"cannot create a file: {e.strerror}", parent) from e
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -317,6 +337,7 @@ def staging_file(dest: str) -> Iterator[str]:
         else:
             os.unlink(tmp)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise

@@ -38,12 +38,11 @@ import gzip
 import logging
 import math
 import os
-import shutil
 import stat
 import struct
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -74,6 +73,7 @@ from .model import (
     Envelope,
     FileRef,
     GanetiInfo,
+    GanetiNic,
     Network,
     Nic,
     VirtualSystem,
@@ -83,6 +83,7 @@ from .ovawriter import NAME_MAX, OvaWriter, all_zero
 __all__ = [
     "ExportRequest",
     "ExportResult",
+    "DiskPlan",
     "FORMATS",
     "FORMAT_URIS",
     "NIC_MODEL",
@@ -138,13 +139,15 @@ class ExportRequest:
 @dataclass(frozen=True, slots=True)
 class ExportResult:
     path: str  # the .ova, or the package directory
-    descriptor: str  # the .ovf (inside the directory or the OVA)
+    descriptor: str  # the .ovf: its path, or for an OVA its member name
     files: tuple[str, ...]  # every file/member, in package order
     warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
-class _DiskPlan:
+class DiskPlan:
+    """One disk of the export, checked, before anything is written."""
+
     index: int
     capacity: int
     dump: str | None  # checked absolute path; None: blank disk
@@ -286,21 +289,21 @@ def _int_param(cfg: ExportConfig, key: str, config: str) -> int:
 
 # ---------------------------------------------------------------- the model
 
-def _network_name(nic, index: int) -> str:
+def _network_name(nic: GanetiNic, index: int) -> str:
     """One network per NIC, named like upstream (``bridged0``): upstream's
     reader counts NICs by networks and pairs them with Ganeti's section by
     this name, and takes the mode from it when that section is absent."""
     return f"{nic.mode or 'network'}{index}"
 
 
-def _network_description(nic, index: int) -> str:
+def _network_description(nic: GanetiNic, index: int) -> str:
     if nic.network:
         return f"Ganeti NIC {index}: network {nic.network}"
     parts = [f"mode {nic.mode}" if nic.mode else None, f"link {nic.link}" if nic.link else None]
     return f"Ganeti NIC {index}: " + (", ".join(p for p in parts if p) or "cluster defaults")
 
 
-def build_envelope(cfg: ExportConfig, name: str, plans: Sequence[_DiskPlan],
+def build_envelope(cfg: ExportConfig, name: str, plans: Sequence[DiskPlan],
                    sizes: dict[str, int], req: ExportRequest, *, config: str) -> Envelope:
     """The model of the package: files with ``sizes`` (by file id)."""
     memory = _int_param(cfg, "maxmem", config) * MIB
@@ -350,7 +353,7 @@ def _descriptor(env: Envelope, req: ExportRequest, config: str) -> bytes:
 
 # ---------------------------------------------------------------- estimates
 
-def _stored_bound(p: _DiskPlan, req: ExportRequest) -> int:
+def _stored_bound(p: DiskPlan, req: ExportRequest) -> int:
     """An upper bound of a disk file's stored size, before it is written.
 
     Exact for uncompressed raw.  Otherwise the capacity plus 1/32 and
@@ -367,7 +370,7 @@ def _needs_temp(req: ExportRequest) -> bool:
     return req.disk_format != "raw" and (req.ova or req.compress or req.chunk_size is not None)
 
 
-def estimate_space(plans: Sequence[_DiskPlan], req: ExportRequest) -> int:
+def estimate_space(plans: Sequence[DiskPlan], req: ExportRequest) -> int:
     """Bytes the export may need on the output file system, at most.
 
     Each disk's output is bounded by the blocks its dump occupies (zeros
@@ -444,45 +447,63 @@ class _SparseFile:
         return self.size
 
 
+class _Output(Protocol):
+    """Where one package file's bytes go: a _SparseFile or an OVA member."""
+
+    def write(self, data: bytes | memoryview) -> int: ...
+
+    def close(self) -> int: ...
+
+
+class _Open:
+    """The file of a _Files being written."""
+
+    __slots__ = ("name", "out", "hasher", "size")
+
+    def __init__(self, name: str, out: _Output, hasher: Any) -> None:
+        self.name = name
+        self.out = out
+        self.hasher = hasher
+        self.size = 0
+
+
 class _Files:
     """The files of one References/File: the whole file, or its chunks;
     digested as they are written.  A file-like sink for gzip.GzipFile (it
     has no ``name``, so gzip records no file name in its header)."""
 
-    def __init__(self, open_out: Callable[[str], _SparseFile], href: str,
+    def __init__(self, open_out: Callable[[str], _Output], href: str,
                  chunk_size: int | None, algorithm: str) -> None:
         self._open_out = open_out
         self._href = href
         self._chunk = chunk_size
         self._alg = algorithm
-        self._cur = None  # (name, output, hasher, size)
+        self._cur: _Open | None = None
         self._done: list[_Written] = []
 
-    def _start(self) -> None:
+    def _start(self) -> _Open:
         name = self._href if self._chunk is None else f"{self._href}.{len(self._done):09d}"
-        self._cur = [name, self._open_out(name), integrity.new_hasher(self._alg), 0]
+        self._cur = _Open(name, self._open_out(name), integrity.new_hasher(self._alg))
+        return self._cur
 
-    def _finish(self) -> None:
-        name, out, hasher, size = self._cur  # type: ignore[misc]
-        out.close()
-        self._done.append(_Written(name, size, hasher.hexdigest()))
+    def _finish(self, cur: _Open) -> None:
+        cur.out.close()
+        self._done.append(_Written(cur.name, cur.size, cur.hasher.hexdigest()))
         self._cur = None
 
     def write(self, data: bytes | memoryview) -> int:
         view = memoryview(data).cast("B")
         total = len(view)
         while view:
-            if self._cur is None:
-                self._start()
-            cur = self._cur
-            n = len(view) if self._chunk is None else min(len(view), self._chunk - cur[3])
+            cur = self._cur or self._start()
+            n = len(view) if self._chunk is None else min(len(view), self._chunk - cur.size)
             piece = view[:n]
-            cur[2].update(piece)
-            cur[1].write(piece)
-            cur[3] += n
+            cur.hasher.update(piece)
+            cur.out.write(piece)
+            cur.size += n
             view = view[n:]
-            if self._chunk is not None and cur[3] == self._chunk:
-                self._finish()
+            if self._chunk is not None and cur.size == self._chunk:
+                self._finish(cur)
         return total
 
     def flush(self) -> None:
@@ -492,13 +513,13 @@ class _Files:
         if self._cur is None and not self._done:
             self._start()  # an empty stream is still one (empty) file
         if self._cur is not None:
-            self._finish()
+            self._finish(self._cur)
         return self._done
 
     def abort(self) -> None:
         if self._cur is not None:
             with contextlib.suppress(OvfError, OSError, ValueError):
-                self._cur[1].close()
+                self._cur.out.close()
             self._cur = None
 
 
@@ -550,10 +571,15 @@ def _write_new(path: str, data: bytes) -> None:
     out.close()
 
 
-def _produce(p: _DiskPlan, req: ExportRequest, *, open_out: Callable[[str], object],
-             final_dir: str | None, tmp_dir: str,
+def _produce(p: DiskPlan, req: ExportRequest, *, open_out: Callable[[str], _Output],
+             final_dir: str | None, tmp_prefix: str,
              progress: Callable[[str], None]) -> list[_Written]:
-    """Write one disk's file(s); returns them with sizes and digests."""
+    """Write one disk's file(s); returns them with sizes and digests.
+
+    qemu-img's temporary output is ``tmp_prefix + href + ".tmp"``: a name
+    known before the file exists, so the cleanup below covers it whenever
+    an interrupt lands.
+    """
     if p.dump is None or p.href is None:
         return []
     label = os.path.basename(p.dump)
@@ -578,11 +604,11 @@ def _produce(p: _DiskPlan, req: ExportRequest, *, open_out: Callable[[str], obje
             raise PackageError(f"cannot read back: {e.strerror}", dest) from e
         return [_Written(p.href, size, integrity.digest_file(dest, req.manifest))]
     else:
-        tmp = os.path.join(tmp_dir, f".{p.href}.tmp")
+        tmp = f"{tmp_prefix}{p.href}.tmp"
         progress(f"disk {p.index}: {label} -> {p.href} (qemu-img, {fmt}, via a temporary file)")
         diskmod.convert_from_raw(p.dump, tmp, fmt, name=label)
         source = tmp
-    files = _Files(open_out, p.href, req.chunk_size, req.manifest)  # type: ignore[arg-type]
+    files = _Files(open_out, p.href, req.chunk_size, req.manifest)
     try:
         if req.compress:
             with gzip.GzipFile(fileobj=files, mode="wb", compresslevel=6, mtime=0) as gz:
@@ -636,7 +662,7 @@ def _signer(req: ExportRequest, mf_name: str) -> _Signer | None:
     return _Signer(key, cert, len(trial) + slack)
 
 
-def _write_dir(dest: str, plans: Sequence[_DiskPlan], env_for: Callable[[dict], Envelope],
+def _write_dir(dest: str, plans: Sequence[DiskPlan], env_for: Callable[[dict], Envelope],
                req: ExportRequest, names: dict[str, str], signer: _Signer | None,
                progress: Callable[[str], None], config: str) -> list[str]:
     with staging(dest) as work:
@@ -644,7 +670,8 @@ def _write_dir(dest: str, plans: Sequence[_DiskPlan], env_for: Callable[[dict], 
         sizes: dict[str, int] = {}
         for p in plans:
             files = _produce(p, req, open_out=lambda n: _SparseFile(os.path.join(work, n)),
-                             final_dir=work, tmp_dir=work, progress=progress)
+                             final_dir=work, tmp_prefix=os.path.join(work, "."),
+                             progress=progress)
             written += files
             if p.file_id is not None:
                 sizes[p.file_id] = sum(f.size for f in files)
@@ -664,9 +691,22 @@ def _write_dir(dest: str, plans: Sequence[_DiskPlan], env_for: Callable[[dict], 
     return order + [w.name for w in written]
 
 
-def _write_ova(dest: str, plans: Sequence[_DiskPlan], env_for: Callable[[dict], Envelope],
+def _write_ova(dest: str, plans: Sequence[DiskPlan], env_for: Callable[[dict], Envelope],
                req: ExportRequest, names: dict[str, str], signer: _Signer | None,
                progress: Callable[[str], None], config: str) -> list[str]:
+    """Members: descriptor, manifest, certificate, then the files in
+    References order, each once, ustar.
+
+    DSP0243 (5.3) wants the descriptor first and the manifest and
+    certificate either right after it or both at the end; we put them
+    right after it, where both big consumers take them: VirtualBox reads
+    .ovf/.mf/.cert wherever they are ("the manifest and its optional
+    signature file either follows immediately or at the very end of the
+    OVA", Appliance::i_readFSOVA in src/VBox/Main/src-server/
+    ApplianceImplImport.cpp), and VMware's own OVA builder writes this
+    order (``tar cf NAME.ova *.ovf *.mf *.vmdk`` in vmware/open-vmdk
+    ova/mkova.sh).  A reader can then check the manifest before any disk.
+    """
     bounds = {p.file_id: _stored_bound(p, req) for p in plans if p.file_id}
     ovf_bound = len(_descriptor(env_for({fid: _SIZE_PLACEHOLDER for fid in bounds}),
                                 req, config))
@@ -676,48 +716,44 @@ def _write_ova(dest: str, plans: Sequence[_DiskPlan], env_for: Callable[[dict], 
     mf_bound = len(integrity.format_manifest([(n, "0" * hexlen) for n in potential],
                                              req.manifest))
     with staging_file(dest) as tmp:
-        work = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.work-",
-                                dir=os.path.dirname(os.path.abspath(dest)))
+        ova = OvaWriter(tmp)
         try:
-            ova = OvaWriter(tmp)
+            res_ovf = ova.reserve(names["ovf"], ovf_bound)
+            res_mf = ova.reserve(names["mf"], mf_bound)
+            res_cert = ova.reserve(names["cert"], signer.size_bound) if signer else None
+            written: list[_Written] = []
+            sizes: dict[str, int] = {}
+            for p in plans:
+                # qemu-img's temporary output: beside the OVA being written.
+                files = _produce(p, req, open_out=ova.open_member, final_dir=None,
+                                 tmp_prefix=tmp + ".", progress=progress)
+                written += files
+                if p.file_id is not None and p.href is not None:
+                    sizes[p.file_id] = sum(f.size for f in files)
+                    if len(files) > len(_chunk_names(p.href, req, bounds[p.file_id])):
+                        raise PackageError(f"{p.href!r} came out at {sizes[p.file_id]} "
+                                           "bytes, more chunks than the manifest has "
+                                           "room for", dest)
+            ovf = _descriptor(env_for(sizes), req, config)
+            ovf += b" " * (res_ovf.size - len(ovf))
+            digest = integrity.new_hasher(req.manifest)
+            digest.update(ovf)
+            manifest = integrity.format_manifest(
+                [(names["ovf"], digest.hexdigest())] + [(w.name, w.digest) for w in written],
+                req.manifest)
+            manifest += b" " * (res_mf.size - len(manifest))
             try:
-                res_ovf = ova.reserve(names["ovf"], ovf_bound)
-                res_mf = ova.reserve(names["mf"], mf_bound)
-                res_cert = ova.reserve(names["cert"], signer.size_bound) if signer else None
-                written: list[_Written] = []
-                sizes: dict[str, int] = {}
-                for p in plans:
-                    files = _produce(p, req, open_out=ova.open_member, final_dir=None,
-                                     tmp_dir=work, progress=progress)
-                    written += files
-                    if p.file_id is not None:
-                        sizes[p.file_id] = sum(f.size for f in files)
-                        if sizes[p.file_id] > bounds[p.file_id]:
-                            raise PackageError(f"{p.href!r} came out at {sizes[p.file_id]} "
-                                               "bytes, beyond the space reserved for it",
-                                               dest)
-                ovf = _descriptor(env_for(sizes), req, config)
-                ovf += b" " * (res_ovf.size - len(ovf))
-                digest = integrity.new_hasher(req.manifest)
-                digest.update(ovf)
-                manifest = integrity.format_manifest(
-                    [(names["ovf"], digest.hexdigest())] + [(w.name, w.digest) for w in written],
-                    req.manifest)
-                manifest += b" " * (res_mf.size - len(manifest))
-                try:
-                    ova.fill(res_ovf, ovf)
-                    ova.fill(res_mf, manifest)
-                    if signer is not None and res_cert is not None:
-                        ova.fill(res_cert, signer.sign(names["mf"], manifest, req.manifest),
-                                 pad=b"\n")
-                except ValueError as e:
-                    raise PackageError(f"internal error: {e}", dest) from e
-                ova.close()
-            except BaseException:
-                ova.abort()
-                raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+                ova.fill(res_ovf, ovf)
+                ova.fill(res_mf, manifest)
+                if signer is not None and res_cert is not None:
+                    ova.fill(res_cert, signer.sign(names["mf"], manifest, req.manifest),
+                             pad=b"\n")
+            except ValueError as e:
+                raise PackageError(f"internal error: {e}", dest) from e
+            ova.close()
+        except BaseException:
+            ova.abort()
+            raise
     order = [names["ovf"], names["mf"]] + ([names["cert"]] if signer else [])
     return order + [w.name for w in written]
 
@@ -735,27 +771,27 @@ def export_package(source: str, output_dir: str, req: ExportRequest = ExportRequ
         warnings.append(f"private OS parameters ({', '.join(sorted(cfg.os_params_private))}) "
                         "are not exported; give them again when importing")
     ext = {"vmdk": "vmdk", "qcow2": "qcow2", "raw": "raw"}[req.disk_format]
-    plans: list[_DiskPlan] = []
+    plans: list[DiskPlan] = []
     for i, d in enumerate(cfg.disks):
         if d.size <= 0:
             raise ExportDirError(f"disk{i}_size must be positive", config)
         if d.dump is None:
             warnings.append(f"disk {i} has no dump; exported as a blank disk of "
                             f"{d.size // MIB} MiB")
-            plans.append(_DiskPlan(i, d.size, None, 0, None, None))
+            plans.append(DiskPlan(i, d.size, None, 0, None, None))
             continue
         path = check_dump(export_dir, d, i, os_name=cfg.os, config=config)
         href = f"{name}-disk{i}.{ext}" + (".gz" if req.compress else "")
-        plans.append(_DiskPlan(i, d.size, path, _allocated(path), f"file{i}", href))
+        plans.append(DiskPlan(i, d.size, path, _allocated(path), f"file{i}", href))
     names = {"ovf": f"{name}.ovf", "mf": f"{name}.mf", "cert": f"{name}.cert"}
     if req.ova:
-        for p in plans:
-            if p.href:
-                longest = _chunk_names(p.href, req, _stored_bound(p, req))[-1]
-                if len(longest.encode("utf-8")) > NAME_MAX:
-                    raise UsageError(f"member name {longest!r} is longer than the "
-                                     f"{NAME_MAX} bytes an OVA (ustar) allows; choose a "
-                                     "shorter name with -n/--name")
+        members = list(names.values()) + [_chunk_names(p.href, req, _stored_bound(p, req))[-1]
+                                          for p in plans if p.href]
+        for member in members:
+            if len(member.encode("utf-8")) > NAME_MAX:
+                raise UsageError(f"member name {member!r} is longer than the {NAME_MAX} "
+                                 "bytes an OVA (ustar) allows; choose a shorter name with "
+                                 "-n/--name")
     # Fail now on anything the descriptor cannot hold, not after the disks.
     _descriptor(build_envelope(cfg, name, plans, {}, req, config=config), req, config)
     signer = _signer(req, names["mf"])

@@ -167,4 +167,30 @@ COMMON_OPTS = (DEBUG_OPT, VERBOSE_OPT)
 IMPORT_OPTS = (NAME_OPT, OUTPUT_DIR_OPT, OS_OPT, OSPARAMS_OPT, DISK_TEMPLATE_OPT, DISK_OPT,
                BACKEND_OPT, HYPERVISOR_OPT, NET_OPT, NONICS_OPT, TAGS_OPT, VSYS_OPT,
                CONFIGURATION_OPT, NO_VERIFY_OPT)
-EXPORT_OPTS = (NAME_OPT, OUTPUT_DIR_OPT)
+EXPORT_NAME_OPT = Opt(("-n", "--name"), "name",
+                      "package name (default: the instance's name)", metavar="NAME")
+EXPORT_OUTPUT_DIR_OPT = Opt(("--output-dir",), "output_dir",
+                            "where to write (default: the current directory)", metavar="DIR")
+FORMAT_OPT = Opt(("-f", "--format"), "disk_format",
+                 "disk format: vmdk (streamOptimized, default), qcow2 or raw",
+                 choices=("vmdk", "qcow2", "raw", "cow"), metavar="FORMAT", default="vmdk")
+COMPRESS_OPT = Opt(("--compress",), "compress", "gzip the disk files", action="store_true",
+                   default=False)
+EXTERNAL_OPT = Opt(("--external",), "external", "leave out Ganeti's own section",
+                   action="store_true", default=False)
+OVA_OPT = Opt(("--ova",), "ova", "write one .ova file instead of a directory",
+              action="store_true", default=False)
+OVF_VERSION_OPT = Opt(("--ovf-version",), "ovf_version", "OVF version: 1.0 (default) or 2.0",
+                      choices=("1.0", "2.0"), metavar="VERSION", default="1.0")
+MANIFEST_OPT = Opt(("--manifest",), "manifest",
+                   "manifest digest: sha1, sha256 (default) or sha512",
+                   choices=("sha1", "sha256", "sha512"), metavar="ALGORITHM", default="sha256")
+SIGN_OPT = Opt(("--sign",), "sign_key", "sign the manifest with this PEM private key",
+               metavar="KEY")
+CERT_OPT = Opt(("--cert",), "sign_cert", "PEM certificate of the signing key", metavar="CERT")
+CHUNK_SIZE_OPT = Opt(("--chunk-size",), "chunk_size",
+                     "split disk files into chunks of SIZE (units: M, G; at least 1M)",
+                     type=parse_size, metavar="SIZE")
+
+EXPORT_OPTS = (EXPORT_NAME_OPT, EXPORT_OUTPUT_DIR_OPT, FORMAT_OPT, COMPRESS_OPT, EXTERNAL_OPT,
+               OVA_OPT, OVF_VERSION_OPT, MANIFEST_OPT, SIGN_OPT, CERT_OPT, CHUNK_SIZE_OPT)

@@ -53,8 +53,12 @@ def all_zero(data: bytes | bytearray | memoryview) -> bool:
     if n < _ZERO_MIN:
         return False
     view = memoryview(data).cast("B")
-    # A sparse sample first, so data is rejected without a full compare.
-    return not any(view[:: _ZERO_MIN // 8]) and view == _zeros(n)
+    # A sparse sample first, so data is rejected without a full compare;
+    # then compare as bytes (memcmp): memoryview == bytes goes item by item.
+    if any(view[:: _ZERO_MIN // 8]):
+        return False
+    raw = data if isinstance(data, bytes) else view.tobytes()
+    return raw == _zeros(n)
 
 
 _ZERO_CACHE: dict[int, bytes] = {}

@@ -82,7 +82,8 @@ def _syntax_error(e: etree.XMLSyntaxError, path: str | None) -> DescriptorError:
     msg = _xml_msg(e)
     if "Excessive depth" in msg:
         return DescriptorError(f"XML nested deeper than {MAX_DEPTH} levels", path)
-    if "amplification" in msg.lower():
+    # libxml2 >= 2.10 says "amplification"; 2.9 (Debian 12) "entity reference loop".
+    if "amplification" in msg.lower() or "entity reference loop" in msg.lower():
         return DescriptorError("XML entity declarations would expand beyond the parser's "
                                "limit (an entity bomb); entities are never expanded", path)
     return DescriptorError(f"not well-formed XML: {msg}", path)

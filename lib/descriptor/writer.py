@@ -8,10 +8,13 @@ and Ganeti alike, and to validate against the DMTF schema of its version
 * One LSI Logic SCSI controller per 15 disks, unit 7 skipped (the
   controller's own id on VMware); ``lsilogic`` is what both VMware and
   VirtualBox (``ApplianceImplImport.cpp``: LsiLogic, BusLogic, LsiLogicSas)
-  accept for ResourceType 6.
-* NICs are ResourceType 10 with the model the caller chose (``E1000`` is
-  the one both accept: VirtualBox maps PCNet32/E1000/E10000/VirtioNet,
-  VMware E1000/E1000e/VmxNet3/PCNet32).
+  accept for ResourceType 6.  Only Ganeti's 16th disk needs a second
+  controller, which VirtualBox merely warns about.
+* NICs are ResourceType 10 with the model the caller chose.  ``E1000`` is
+  the one both accept: VirtualBox maps PCNet32, E1000, E10000 and
+  VirtioNet (``ApplianceImplImport.cpp``, anything else gets its default
+  adapter); VMware's own descriptors (shared OVF corpus) use E1000,
+  E1000e, VmxNet3 and PCNet32, with lsilogic the commonest SCSI type.
 * The graphics item (ResourceType 24) is ``ovf:required="false"``:
   VirtualBox's ovfreader.cpp refuses any hardware item of a type it does
   not know unless it is marked so.
@@ -34,8 +37,9 @@ consumer that does not know it may skip it (DSP0243; vSphere keeps such
 sections as uninterpreted OvfSection data, VirtualBox ignores unknown
 Envelope sections).  With the small extension schema that declares
 ``gnt:GanetiSection`` a member of ``ovf:Section`` (tests/data/schemas/
-ganeti/) the descriptor validates; ``external=True`` descriptors have no
-Ganeti section and validate against the DMTF schema alone.
+ganeti/) the descriptor validates; a system without Ganeti data
+(``ganeti=None``: ``ovfconverter export --external``) gets no section and
+validates against the DMTF schema alone.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def _qemu_made(tmp_path: Path, *args: str) -> bytes:
     [
         (
             lambda t: _qemu_made(
-                t, "-f", "luks", "--object", "secret,id=s0,data=pw", "-o", "key-secret=s0", "4M"
+                t, "-f", "luks", "--object", "secret,id=s0,data=pw", "-o", "key-secret=s0,iter-time=10", "4M"
             ),
             "LUKS image: encrypted; we have no key for it",
         ),
@@ -451,7 +451,7 @@ def test_encrypted_qcow2_refused(tmp_path: Path) -> None:
         "--object",
         "secret,id=s0,data=pw",
         "-o",
-        "encrypt.format=luks,encrypt.key-secret=s0",
+        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
         str(img),
         "4M",
     )
