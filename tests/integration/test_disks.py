@@ -236,7 +236,8 @@ def _qemu_made(tmp_path: Path, *args: str) -> bytes:
     [
         (
             lambda t: _qemu_made(
-                t, "-f", "luks", "--object", "secret,id=s0,data=pw", "-o", "key-secret=s0,iter-time=10", "4M"
+                t, "-f", "luks", "--object", "secret,id=s0,data=pw",
+                "-o", "key-secret=s0,iter-time=10", "4M",
             ),
             "LUKS image: encrypted; we have no key for it",
         ),
