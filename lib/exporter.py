@@ -93,6 +93,7 @@ __all__ = [
     "is_dump8_stream",
     "build_envelope",
     "estimate_space",
+    "export_config",
     "export_package",
 ]
 
@@ -237,8 +238,22 @@ def check_dump(export_dir: str, disk: ExportDisk, index: int, *, os_name: str,
 
 
 def _allocated(path: str) -> int:
+    """Bytes a dump occupies: its blocks for a file, its size for a device."""
     try:
-        return os.stat(path).st_blocks * 512
+        st = os.stat(path)
+    except OSError as e:
+        raise ExportDirError(f"cannot read: {e.strerror}", path) from e
+    return st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else _byte_size(path)
+
+
+def _byte_size(path: str) -> int:
+    """Size of a regular file or a block device (whose st_size is 0)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise ExportDirError(f"cannot read: {e.strerror}", path) from e
 
@@ -541,7 +556,8 @@ def _blocks(path: str, label: str) -> Iterator[bytes]:
     except OSError as e:
         raise DiskImageError(f"cannot read: {e.strerror}", label) from e
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(fd, 0, os.SEEK_END)
         pos = 0
         while pos < size:
             data_at = min(_seek(fd, pos, os.SEEK_DATA, size), size)
@@ -765,6 +781,26 @@ def export_package(source: str, output_dir: str, req: ExportRequest = ExportRequ
     _check_request(req)
     export_dir, config = locate_config(source)
     cfg = read_config(config)
+    dumps: list[str | None] = []
+    for i, d in enumerate(cfg.disks):
+        if d.size <= 0:
+            raise ExportDirError(f"disk{i}_size must be positive", config)
+        dumps.append(None if d.dump is None
+                     else check_dump(export_dir, d, i, os_name=cfg.os, config=config))
+    return export_config(cfg, dumps, output_dir, req, progress=progress, label=config)
+
+
+def export_config(cfg: ExportConfig, dumps: Sequence[str | None], output_dir: str,
+                  req: ExportRequest = ExportRequest(), *,
+                  progress: Callable[[str], None] = log.info,
+                  label: str = "instance") -> ExportResult:
+    """The package for ``cfg`` whose disk ``i`` holds the raw bytes at
+    ``dumps[i]`` (None: blank).  The paths must already be trusted: checked
+    dumps of an export directory, or an instance's own disks as Ganeti
+    reports them (regular files or block devices of exactly the disk size).
+    """
+    _check_request(req)
+    config = label
     name = _package_name(cfg, req, config)
     warnings: list[str] = []
     if cfg.os_params_private:
@@ -774,13 +810,17 @@ def export_package(source: str, output_dir: str, req: ExportRequest = ExportRequ
     plans: list[DiskPlan] = []
     for i, d in enumerate(cfg.disks):
         if d.size <= 0:
-            raise ExportDirError(f"disk{i}_size must be positive", config)
-        if d.dump is None:
+            raise ExportDirError(f"disk {i} size must be positive", config)
+        path = dumps[i] if i < len(dumps) else None
+        if path is None:
             warnings.append(f"disk {i} has no dump; exported as a blank disk of "
                             f"{d.size // MIB} MiB")
             plans.append(DiskPlan(i, d.size, None, 0, None, None))
             continue
-        path = check_dump(export_dir, d, i, os_name=cfg.os, config=config)
+        size = _byte_size(path)
+        if size != d.size:
+            raise ExportDirError(f"disk {i} ({path}) is {size} bytes, not the disk size "
+                                 f"{d.size}", config)
         href = f"{name}-disk{i}.{ext}" + (".gz" if req.compress else "")
         plans.append(DiskPlan(i, d.size, path, _allocated(path), f"file{i}", href))
     names = {"ovf": f"{name}.ovf", "mf": f"{name}.mf", "cert": f"{name}.cert"}

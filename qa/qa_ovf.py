@@ -182,6 +182,21 @@ def TestExportOvaRoundTrip(work: Path) -> None:
             raise QAError(f"disk bytes differ: {pa} vs {pb}")
 
 
+def TestExportRefusesRunning(work: Path) -> None:
+    """gnt-backup export --ovf -n NODE RUNNING-INSTANCE (fails: disks in use)"""
+    n = master()
+    run(["gnt-instance", "startup", "qa-rt"], check=True)
+    try:
+        p = assert_command(["gnt-backup", "export", "--ovf", "--output-dir", str(work / "r"),
+                            "-n", n, "qa-rt"], fail=True)
+        if "is running; shut it down first" not in p.stderr:
+            raise QAError(f"unexpected error: {p.stderr!r}")
+        if (work / "r").exists() and os.listdir(work / "r"):
+            raise QAError("a package was written for a running instance")
+    finally:
+        run(["gnt-instance", "shutdown", "--timeout=0", "qa-rt"], check=True)
+
+
 def _sha(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -280,6 +295,7 @@ TESTS = [
     ("ovf-import-vmware-ova", TestImportVmwareOva),
     ("ovf-import-virtualbox-dir", TestImportVirtualBoxDir),
     ("ovf-export-ova-roundtrip", TestExportOvaRoundTrip),
+    ("ovf-export-refuses-running", TestExportRefusesRunning),
     ("ovf-fail-unknown-os", TestFailUnknownOs),
     ("ovf-fail-tampered-manifest", TestFailTamperedManifest),
     ("ovf-fail-staging-full", TestFailStagingFull),
