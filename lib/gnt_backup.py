@@ -58,26 +58,26 @@ def wants_extension(argv: Sequence[str]) -> bool:
 
 
 def _ovf_options(cli_opts) -> tuple[list, list]:
-    """Ganeti-style options for import and export (``cli_option`` objects)."""
+    """Ganeti-style options for import and export: ovfconverter's own option
+    objects (``options``) in optparse form, long flags only, with dests
+    kept apart from Ganeti's."""
+    from . import options as o
+
     opt = cli_opts.cli_option
     ovf_import = opt("--ovf", dest="ovf", metavar="<package>", default=None,
                      help="Import from an OVF/OVA package (.ovf or .ova) instead of"
                           " a Ganeti export; the package is converted on this node")
-    no_verify = opt("--no-verify", dest="ovf_verify", action="store_false", default=True,
-                    help="With --ovf: skip manifest and certificate checks")
     ovf_export = opt("--ovf", dest="ovf", action="store_true", default=False,
                      help="Export as an OVF package instead of a Ganeti export")
-    ova = opt("--ova", dest="ova", action="store_true", default=False,
-              help="With --ovf: write one .ova archive")
-    fmt = opt("--format", dest="ovf_format", default="vmdk", metavar="<format>",
-              choices=["vmdk", "qcow2", "raw", "cow"],
-              help="With --ovf: disk format (vmdk, qcow2, raw)")
-    out = opt("--output-dir", dest="ovf_output_dir", default=None, metavar="<dir>",
-              help="With --ovf: where the package is written")
-    manifest = opt("--manifest", dest="ovf_manifest", default="sha256",
-                   choices=["sha1", "sha256", "sha512"], metavar="<digest>",
-                   help="With --ovf: manifest digest (sha1, sha256, sha512)")
-    return ([ovf_import, cli_opts.OS_OPT, no_verify], [ovf_export, ova, fmt, out, manifest])
+    return (
+        [ovf_import, cli_opts.OS_OPT,
+         o.NO_VERIFY_OPT.to_optparse(opt, long_only=True, dest="ovf_verify")],
+        [ovf_export,
+         o.OVA_OPT.to_optparse(opt, long_only=True, dest="ova"),
+         o.FORMAT_OPT.to_optparse(opt, long_only=True, dest="ovf_format"),
+         o.EXPORT_OUTPUT_DIR_OPT.to_optparse(opt, long_only=True, dest="ovf_output_dir"),
+         o.MANIFEST_OPT.to_optparse(opt, long_only=True, dest="ovf_manifest")],
+    )
 
 
 def _extended_commands(gb, cli_opts, cli) -> dict:

@@ -117,6 +117,23 @@ class Opt:
         kw.update(self.kwargs)
         parser.add_argument(*self.flags, **kw)
 
+    def to_optparse(self, make: Callable[..., Any], *, long_only: bool = False,
+                    dest: str | None = None) -> Any:
+        """The same option for Ganeti's optparse-based CLI (``make`` is
+        Ganeti's ``cli_option``); ``long_only`` drops short flags that
+        would clash with Ganeti's own (``-f`` is ``--force`` there)."""
+        flags = [f for f in self.flags if f.startswith("--")] if long_only else list(self.flags)
+        kw: dict[str, Any] = dict(dest=dest or self.dest, help=self.help, action=self.action,
+                                  default=self.default)
+        if self.action in ("store", "append"):
+            if self.type is not None:
+                raise ValueError(f"{flags[0]}: typed options have no optparse form")
+            if self.metavar:
+                kw["metavar"] = self.metavar
+            if self.choices:
+                kw.update(type="choice", choices=list(self.choices))
+        return make(*flags, **kw)
+
 
 def add_opts(parser, opts: Sequence[Opt]) -> None:
     for o in opts:
