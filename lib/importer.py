@@ -321,6 +321,7 @@ def _produce_disk(pkg: Package, disk: Disk | None, size: int, index: int,
             raise UsageError(f"disk {index} has no size")
         progress(f"disk {index}: blank, {size} bytes")
         diskmod.create_blank(dest, -(-size // 512) * 512)
+        os.chmod(dest, 0o600)
         return ExportDisk(size=size, dump=dump)
     ref = disk.file_ref
     name = ref.href
@@ -353,6 +354,7 @@ def _produce_disk(pkg: Package, disk: Disk | None, size: int, index: int,
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+    os.chmod(dest, 0o600)  # guest data, as Ganeti's own dumps
     return ExportDisk(size=size, dump=dump)
 
 

@@ -266,7 +266,7 @@ def build_package(app: Appliance, outdir: str, *, ova: bool, manifest: str | Non
 if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "."
     app = Appliance(name="demo-vm",
-                    disks=[DiskSpec(8 << 20, "vmdk"), DiskSpec(2 << 20, "qcow2", seed=2)],
+                    disks=[DiskSpec(8 << 20, "vmdk"), DiskSpec(4 << 20, "qcow2", seed=2)],
                     nics=[("VM Network", "00:50:56:aa:bb:01"), ("Backend", None)])
     path, _ = build_package(app, out, ova=True)
     print(path)

@@ -97,6 +97,8 @@ def test_config_ini_key_by_key(build, tmp_path, os_path):
     # Dumps and directory are private, like Ganeti's own exports.
     assert os.stat(res.path).st_mode & 0o777 == 0o700
     assert os.stat(os.path.join(res.path, "config.ini")).st_mode & 0o777 == 0o600
+    for i in range(2):
+        assert os.stat(os.path.join(res.path, f"disk{i}.raw")).st_mode & 0o777 == 0o600
 
 
 def test_command_line_overrides(build, tmp_path, os_path):
