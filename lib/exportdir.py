@@ -19,7 +19,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .errors import ExportDirError
@@ -242,6 +242,29 @@ def read_config(path: str) -> ExportConfig:
     )
 
 
+def _new_sibling(dest: str, make: Callable[[str, str], str], what: str) -> str:
+    """Create a temporary sibling of ``dest`` with ``make(prefix, parent)``.
+    Callers hold signals around this inside their ``try``, so a Ctrl-C
+    cannot land between creation and cleanup."""
+    parent = os.path.dirname(os.path.abspath(dest)) or "."
+    try:
+        os.makedirs(parent, exist_ok=True)
+        return make(f".{os.path.basename(dest)}.new-", parent)
+    except OSError as e:
+        raise ExportDirError(f"cannot create a {what}: {e.strerror}", parent) from e
+
+
+def _refuse_existing(dest: str) -> None:
+    if os.path.lexists(dest):
+        raise ExportDirError("already exists; remove it or choose another name", dest)
+
+
+def _mkstemp(prefix: str, parent: str) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=parent)
+    os.close(fd)
+    return tmp
+
+
 @contextlib.contextmanager
 def staging(dest: str) -> Iterator[str]:
     """A temporary sibling of ``dest`` renamed to ``dest`` on success.
@@ -250,17 +273,13 @@ def staging(dest: str) -> Iterator[str]:
     so ``dest`` appears complete or not at all.  Mode 0700, like Ganeti's
     own exports: dumps hold guest data.
     """
-    parent = os.path.dirname(os.path.abspath(dest)) or "."
-    if os.path.lexists(dest):
-        raise ExportDirError("already exists; remove it or choose another name", dest)
+    _refuse_existing(dest)
     tmp: str | None = None
     try:
         with _signals_held():
-            try:
-                os.makedirs(parent, exist_ok=True)
-                tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.new-", dir=parent)
-            except OSError as e:
-                raise ExportDirError(f"cannot create a directory: {e.strerror}", parent) from e
+            tmp = _new_sibling(dest, lambda prefix, parent: tempfile.mkdtemp(prefix=prefix,
+                                                                             dir=parent),
+                               "directory")
         yield tmp
         if os.path.lexists(dest):
             raise ExportDirError("appeared while we worked; not replaced", dest)
@@ -307,19 +326,11 @@ def staging_file(dest: str) -> Iterator[str]:
     is removed, so ``dest`` appears complete or not at all.  Mode 0600:
     the file holds guest data.
     """
-    parent = os.path.dirname(os.path.abspath(dest)) or "."
-    if os.path.lexists(dest):
-        raise ExportDirError("already exists; remove it or choose another name", dest)
+    _refuse_existing(dest)
     tmp: str | None = None
     try:
         with _signals_held():
-            try:
-                os.makedirs(parent, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.new-",
-                                           dir=parent)
-                os.close(fd)
-            except OSError as e:
-                raise ExportDirError(f"cannot create a file: {e.strerror}", parent) from e
+            tmp = _new_sibling(dest, _mkstemp, "file")
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:

@@ -78,7 +78,7 @@ from .model import (
     Nic,
     VirtualSystem,
 )
-from .ovawriter import NAME_MAX, OvaWriter, all_zero
+from .ovawriter import NAME_MAX, OvaWriter, all_zero, pwrite_all
 
 __all__ = [
     "ExportRequest",
@@ -437,15 +437,7 @@ class _SparseFile:
     def write(self, data: bytes | memoryview) -> int:
         n = len(data)
         if not all_zero(data):
-            view = memoryview(data).cast("B")
-            pos = self.size
-            try:
-                while view:
-                    w = os.pwrite(self._fd, view, pos)
-                    view = view[w:]
-                    pos += w
-            except OSError as e:
-                raise PackageError(f"cannot write: {e.strerror}", self.path) from e
+            pwrite_all(self._fd, data, self.size, self.path)
         self.size += n
         return n
 

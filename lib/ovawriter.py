@@ -34,6 +34,7 @@ __all__ = [
     "NAME_MAX",
     "USTAR_SIZE_MAX",
     "all_zero",
+    "pwrite_all",
     "ustar_header",
     "Reservation",
     "MemberWriter",
@@ -45,6 +46,18 @@ RECORD = 20 * BLOCK  # tar's default blocking factor; the archive ends on a reco
 NAME_MAX = 100  # ustar name field; longer names need a prefix split or pax
 USTAR_SIZE_MAX = 8**11 - 1  # 11 octal digits: 8 GiB - 1
 _ZERO_MIN = 4096  # zero runs at least this long become holes
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int, path: str) -> None:
+    """Write all of ``data`` at ``offset`` (pwrite may write less)."""
+    view = memoryview(data).cast("B")
+    try:
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view = view[n:]
+            offset += n
+    except OSError as e:
+        raise PackageError(f"cannot write: {e.strerror}", path) from e
 
 
 def all_zero(data: bytes | bytearray | memoryview) -> bool:
@@ -185,14 +198,7 @@ class OvaWriter:
     # -- low level ---------------------------------------------------------
 
     def _pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
-        view = memoryview(data).cast("B")
-        try:
-            while view:
-                n = os.pwrite(self._fd, view, offset)
-                view = view[n:]
-                offset += n
-        except OSError as e:
-            raise PackageError(f"cannot write: {e.strerror}", self.path) from e
+        pwrite_all(self._fd, data, offset, self.path)
 
     def _new_member(self, name: str) -> int:
         if self._open is not None and not self._open.closed:
