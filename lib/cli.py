@@ -132,6 +132,10 @@ def import_request(args) -> ImportRequest:
             idx = _index(ident, "--net")
             if idx in by_index:
                 raise UsageError(f"--net {idx} given twice")
+            unknown = set(params) - {"mac", "ip", "mode", "link", "network", "name", "vlan"}
+            if unknown:
+                raise UsageError(f"--net {ident}: unknown parameter(s) "
+                                 f"{', '.join(sorted(unknown))}")
             by_index[idx] = params
         if sorted(by_index) != list(range(len(by_index))):
             raise UsageError("--net indices must be 0, 1, 2, ... without gaps")
@@ -149,7 +153,7 @@ def import_request(args) -> ImportRequest:
         disk_template=args.disk_template, disk_sizes=disk_sizes, backend=backend,
         hypervisor=hv_name, hv_params=hv_params, nics=nics, no_nics=args.no_nics,
         tags=tuple(args.tags), vsys=args.vsys, configuration=args.configuration,
-        verify=args.verify,
+        verify=args.verify, trust_ganeti_section=args.trust_ganeti_section,
     )
 
 
@@ -230,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "-d" in argv or "--debug" in argv
     _setup_logging(debug, "-v" in argv or "--verbose" in argv)
-    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGTERM (kill) and SIGHUP (a dropped ssh session) clean up like Ctrl-C.
+    old = {sig: signal.signal(sig, _on_sigterm) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
@@ -258,4 +263,5 @@ def main(argv: Sequence[str] | None = None) -> int:
               "details)", file=sys.stderr)
         return EXIT_FAILURE
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

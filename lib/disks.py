@@ -41,6 +41,8 @@ from .errors import DiskImageError
 from .model import ByteRange
 
 __all__ = [
+    "inspect",
+    "data_bytes",
     "QEMU_IMG",
     "ACCEPTED_FORMATS",
     "EXPORT_FORMATS",
@@ -368,6 +370,9 @@ def _reason(stderr: str, argv: list[str], name: str, prefer: str = "") -> str:
     return line.removeprefix("qemu-img: ").strip()
 
 
+_PINNED_FD = re.compile(r"/proc/self/fd/(\d+)")
+
+
 def _run(
     argv: list[str],
     *,
@@ -400,9 +405,13 @@ def _run(
     else:
         cmd = [qemu, *argv]
     log.debug("running %s", " ".join([qemu, *argv]))
+    # Files a package holds open are named /proc/self/fd/N; qemu-img gets
+    # the same descriptors, so it reads the very file that was checked.
+    fds = tuple(sorted({int(n) for a in argv for n in _PINNED_FD.findall(a)}))
     try:
         res = subprocess.run(
             cmd,
+            pass_fds=fds,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             env=_ENV,
@@ -608,6 +617,32 @@ def check_image(src: ByteRange, fmt: str, *, name: str) -> None:
     except DiskImageError as e:
         problem = f"image check failed (truncated or damaged?): {e.problem}"
         raise DiskImageError(problem, name) from e
+
+
+def inspect(src: ByteRange, *, name: str) -> tuple[str, ImageInfo]:
+    """Format (from content) and facts of an untrusted image, refusing any
+    that is unsafe or damaged: detect, info, check_safe, check_image -- the
+    one sequence the importer and ``verify`` share."""
+    fmt = detect_format(src, name=name)
+    info = image_info(src, fmt, name=name)
+    check_safe(info, name=name)
+    check_image(src, fmt, name=name)
+    return fmt, info
+
+
+def data_bytes(src: ByteRange, fmt: str, *, name: str) -> int:
+    """Bytes of guest data the image holds (its allocated extents), an upper
+    bound of what its sparse raw conversion occupies.  Raw images count
+    whole: inside an OVA their holes are not visible."""
+    if fmt == "raw":
+        return src.size
+    spec, _ = _spec(src, fmt, name)
+    out = _run(["map", "-f", fmt, "--output=json", spec], name=name, limits=_CHECK_LIMITS)
+    try:
+        extents = json.loads(out)
+        return sum(int(e["length"]) for e in extents if e.get("data"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise DiskImageError(f"qemu-img map gave no usable answer: {e}", name) from e
 
 
 def convert_to_raw(src: ByteRange, fmt: str, dest: str, *, name: str) -> None:

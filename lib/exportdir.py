@@ -44,6 +44,7 @@ MAX_DISKS = 16  # constants.MAX_DISKS: Ganeti reads disk0..disk15 only
 MAX_NICS = 8  # constants.MAX_NICS
 EXPORT_VERSION = 0
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -147,6 +148,14 @@ def render_config(cfg: ExportConfig) -> str:
     cp["backend"] = backend
     cp["os"] = {k: _esc(v) for k, v in cfg.os_params.items()}
     cp["os_private"] = {k: _esc(v) for k, v in cfg.os_params_private.items()}
+    for section in cp.sections():
+        for key, value in cp.items(section, raw=True):
+            if _CONTROL.search(key) or _CONTROL.search(value):
+                # configparser indents "\n" but not "\r", which Ganeti's
+                # reader (universal newlines) takes as a line break: a
+                # stranger's text would become keys of its own.
+                raise ExportDirError(f"[{section}] {key}: value {value!r} holds a control "
+                                     "character")
     buf = io.StringIO()
     cp.write(buf)
     return buf.getvalue()

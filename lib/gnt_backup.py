@@ -21,8 +21,11 @@ with Ganeti's CLI, so options and messages are Ganeti's.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -71,7 +74,8 @@ def _ovf_options(cli_opts) -> tuple[list, list]:
                      help="Export as an OVF package instead of a Ganeti export")
     return (
         [ovf_import, cli_opts.OS_OPT,
-         o.NO_VERIFY_OPT.to_optparse(opt, long_only=True, dest="ovf_verify")],
+         o.NO_VERIFY_OPT.to_optparse(opt, long_only=True, dest="ovf_verify"),
+         o.TRUST_OPT.to_optparse(opt, long_only=True, dest="ovf_trust")],
         [ovf_export,
          o.OVA_OPT.to_optparse(opt, long_only=True, dest="ova"),
          o.FORMAT_OPT.to_optparse(opt, long_only=True, dest="ovf_format"),
@@ -112,6 +116,40 @@ def _wrap_import(original, cli):
     return import_instance
 
 
+class _ToGanetiStderr(logging.Handler):
+    """Our warnings on Ganeti's stderr (Ganeti's own handler shows only
+    critical messages on the console)."""
+
+    def __init__(self, cli) -> None:
+        super().__init__(logging.WARNING)
+        self._cli = cli
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._cli.ToStderr("Warning: %s", record.getMessage())
+
+
+def _interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _conversion_context(cli):
+    """Warnings shown; SIGTERM/SIGHUP clean up like Ctrl-C while we convert."""
+    logger = logging.getLogger("ganeti_ovf")
+    handler = _ToGanetiStderr(cli)
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.WARNING)
+    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
 def ovf_import(original, cli, opts, args) -> int:
     from .importer import ImportRequest, import_package
 
@@ -130,13 +168,26 @@ def ovf_import(original, cli, opts, args) -> int:
         return 1
     keep_for_job = False
     try:
+        # Ganeti applies -t/--disk/--net/-B/-H/... itself; --no-nics must
+        # also keep the package's NICs out of the staging export, or
+        # Ganeti would read them from there.
         req = ImportRequest(name=instance, os_name=opts.os, verify=opts.ovf_verify,
+                            trust_ganeti_section=opts.ovf_trust, no_nics=bool(opts.no_nics),
                             use_cluster=True)
+        if not opts.ovf_verify:
+            cli.ToStderr("Warning: --no-verify: manifest and certificate are NOT checked")
         try:
-            result = import_package(opts.ovf, staging, req,
-                                    progress=lambda m: cli.ToStdout("%s", m))
+            with _conversion_context(cli):
+                result = import_package(opts.ovf, staging, req,
+                                        progress=lambda m: cli.ToStdout("%s", m))
         except OvfError as e:
             return _fail(cli, e)
+        except OSError as e:
+            cli.ToStderr("Failure: %s: %s", e.filename or opts.ovf, e.strerror or e)
+            return 1
+        except KeyboardInterrupt:
+            cli.ToStderr("Failure: interrupted; nothing was left behind")
+            return 1
         opts.src_node = node
         opts.src_dir = result.path
         try:
@@ -170,9 +221,16 @@ def _wrap_export(original, cli):
         from .gnt_export import ovf_export
 
         try:
-            return ovf_export(cli, opts, args)
+            with _conversion_context(cli):
+                return ovf_export(cli, opts, args)
         except OvfError as e:
             return _fail(cli, e)
+        except OSError as e:
+            cli.ToStderr("Failure: %s: %s", e.filename or args[0], e.strerror or e)
+            return 1
+        except KeyboardInterrupt:
+            cli.ToStderr("Failure: interrupted; nothing was left behind")
+            return 1
     export_instance.__doc__ = original.__doc__
     return export_instance
 

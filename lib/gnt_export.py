@@ -27,8 +27,8 @@ from .model import GanetiNic
 
 __all__ = ["ovf_export", "instance_config"]
 
-FIELDS = ["name", "os", "pnode", "oper_state", "disks_active", "disk_template", "hypervisor",
-          "be/maxmem", "be/minmem", "be/vcpus", "custom_beparams", "custom_hvparams",
+FIELDS = ["name", "os", "pnode", "oper_state", "admin_state", "disks_active", "disk_template",
+          "hypervisor", "be/maxmem", "be/minmem", "be/vcpus", "custom_beparams", "custom_hvparams",
           "custom_osparams", "tags", "disk.sizes", "disk.names", "nic.macs", "nic.ips",
           "nic.modes", "nic.links", "nic.networks", "nic.names", "nic.vlans"]
 
@@ -91,7 +91,8 @@ def ovf_export(cli, opts, args) -> int:
         raise UsageError("target node must be specified (-n)")
     row = _query(cli, instance)
     me = ganeti_env.my_hostname()
-    if row["oper_state"]:
+    if row["oper_state"] or row["admin_state"] == "up":
+        # admin_state too: the watcher restarts an instance that should run.
         raise UsageError(f"instance {instance!r} is running; shut it down first "
                          f"(gnt-instance shutdown {instance}): a running disk is not a "
                          "consistent image")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from . import disks as diskmod
 from . import integrity, oslist
 from .descriptor.reader import parse_descriptor
-from .errors import DiskImageError, IntegrityError, PackageError, UsageError
+from .errors import DiskImageError, ExportDirError, IntegrityError, PackageError, UsageError
 from .exportdir import (
     MAX_DISKS,
     MAX_NICS,
@@ -28,7 +28,7 @@ from .exportdir import (
     staging,
     write_config,
 )
-from .model import ByteRange, Disk, Envelope, GanetiNic, VirtualSystem
+from .model import ByteRange, Disk, Envelope, FileRef, GanetiNic, VirtualSystem
 from .package import Package, open_package
 
 __all__ = [
@@ -45,6 +45,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAC_RE = re.compile(r"^([0-9a-f]{2})([:-][0-9a-f]{2}){5}$", re.I)
+
+# Backend parameters a package's Ganeti section may set without trust.
+SAFE_BACKEND = frozenset(["maxmem", "minmem", "vcpus", "auto_balance", "always_failover",
+                          "spindle_use"])
 
 # Gzip/chunk streams may hold an image format's metadata on top of the
 # disk's capacity; anything beyond this bound is refused (gzip bombs).
@@ -69,6 +73,7 @@ class ImportRequest:
     vsys: str | None = None
     configuration: str | None = None
     verify: bool = True
+    trust_ganeti_section: bool = False
     os_search_path: Sequence[str] | None = None
     use_cluster: bool = True
 
@@ -92,11 +97,27 @@ class ImportResult:
     warnings: tuple[str, ...] = ()
 
 
-def check_package(pkg: Package, *, collect: bool = False) -> PackageCheck:
+MAX_MANIFEST_SIZE = 4 << 20
+"""Manifests and certificates larger than this are refused (real ones are
+kilobytes; VirtualBox pads certificates to 100 KiB)."""
+
+
+def _small_member(pkg: Package, m, what: str) -> bytes:
+    if m.size > MAX_MANIFEST_SIZE:
+        raise IntegrityError(f"{what} {m.name!r} is {m.size} bytes; refusing more than "
+                             f"{MAX_MANIFEST_SIZE}", pkg.path)
+    return m.byte_range().read(0, m.size)
+
+
+def check_package(pkg: Package, env: Envelope | None = None, *,
+                  collect: bool = False) -> PackageCheck:
     """Verify the manifest and certificate.
 
-    With ``collect`` every problem is returned (``verify``); otherwise the
-    first one raises IntegrityError (``import`` stops at the first).
+    A manifest must list every file the descriptor references (each chunk
+    of a chunked file), and its digests must match; a certificate must
+    sign the manifest (a certificate without a manifest protects nothing
+    and is refused).  With ``collect`` every problem is returned
+    (``verify``); otherwise the first one raises IntegrityError.
     """
     problems: list[str] = []
 
@@ -106,11 +127,14 @@ def check_package(pkg: Package, *, collect: bool = False) -> PackageCheck:
         problems.append(msg)
 
     mf = pkg.sibling(".mf")
+    cm = pkg.sibling(".cert")
     if mf is None:
-        return PackageCheck()
-    mf_bytes = mf.byte_range().read(0, mf.size)
-    manifest = integrity.parse_manifest(mf_bytes, path=f"{pkg.path}: {mf.name}"
-                                        if pkg.kind == "ova" else mf.container)
+        if cm is not None:
+            problem(f"certificate {cm.name!r} but no manifest {_stem(pkg) + '.mf'!r} for it "
+                    "to sign")
+        return PackageCheck(problems=tuple(problems))
+    mf_bytes = _small_member(pkg, mf, "manifest")
+    manifest = integrity.parse_manifest(mf_bytes, path=mf.label or mf.name)
     verified = []
     for entry in manifest.entries:
         try:
@@ -130,12 +154,19 @@ def check_package(pkg: Package, *, collect: bool = False) -> PackageCheck:
         # goes unchecked, which the operator should know.
         warnings.append(f"manifest does not list the descriptor {pkg.descriptor_name!r}; "
                         "it is not protected by the manifest")
+    for ref in env.files if env is not None else ():
+        try:
+            members = pkg.file_members(ref)
+        except PackageError:
+            continue  # reported where the file is used
+        for m in members:
+            if manifest.lookup(m.name) is None:
+                problem(f"manifest does not list {m.name!r}: its content is not protected")
     cert = None
-    cm = pkg.sibling(".cert")
     if cm is not None:
         try:
-            cert = integrity.verify_certificate(cm.byte_range().read(0, cm.size), mf.name,
-                                                mf_bytes, path=pkg.path)
+            cert = integrity.verify_certificate(_small_member(pkg, cm, "certificate"),
+                                                mf.name, mf_bytes, path=pkg.path)
         except IntegrityError as e:
             problem(e.problem)
     return PackageCheck(
@@ -146,9 +177,21 @@ def check_package(pkg: Package, *, collect: bool = False) -> PackageCheck:
     )
 
 
+def _stem(pkg: Package) -> str:
+    return pkg.descriptor_name.rsplit(".", 1)[0]
+
+
+def describe_certificate(cert: integrity.CertInfo) -> tuple[str, bool]:
+    """One line about the signer, and whether it deserves a warning."""
+    flags = [f for f, on in (("self-signed", cert.self_signed), ("EXPIRED", cert.expired),
+                             ("not yet valid", cert.not_yet_valid)) if on]
+    line = (f"signed by {cert.subject} (issuer {cert.issuer}; SHA256 fingerprint "
+            f"{cert.fingerprint_sha256}" + (f"; {', '.join(flags)}" if flags else "") + ")")
+    return line, bool(flags)
+
+
 def load_envelope(pkg: Package, *, configuration: str | None = None) -> Envelope:
-    path = pkg.path if pkg.kind == "ova" else pkg.path
-    where = f"{path}: {pkg.descriptor_name}" if pkg.kind == "ova" else path
+    where = f"{pkg.path}: {pkg.descriptor_name}" if pkg.kind == "ova" else pkg.path
     return parse_descriptor(pkg.descriptor_bytes(), path=where, configuration=configuration)
 
 
@@ -196,12 +239,21 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
     os_wanted = req.os_name or (gnt.os_name if gnt else None)
     os_name = oslist.validate_os(os_wanted, search_path=req.os_search_path,
                                  use_cluster=req.use_cluster, path=path)
-    os_params = dict(gnt.os_params) if gnt and gnt.os_name == os_name else {}
+    trusted = req.trust_ganeti_section
+    ignored: list[str] = []
+    os_params: dict[str, str] = {}
+    if gnt and gnt.os_params and gnt.os_name == os_name:
+        if trusted:
+            os_params.update(gnt.os_params)
+        else:
+            ignored.append(f"OS parameters {', '.join(sorted(gnt.os_params))}")
     os_params.update(req.os_params)
     # Backend
     backend: dict[str, str] = {}
     if gnt:
-        backend.update(gnt.backend)
+        # Resource sizes and placement hints only: nothing here reaches
+        # the host (unlike hypervisor and OS parameters).
+        backend.update({k: v for k, v in gnt.backend.items() if k in SAFE_BACKEND})
         if gnt.auto_balance is not None and "auto_balance" not in backend:
             backend["auto_balance"] = gnt.auto_balance
     if vs.memory is not None and "maxmem" not in backend:
@@ -215,11 +267,18 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
             backend["maxmem"] = backend["minmem"] = value
         else:
             backend[key] = value
+    _consistent_memory(backend, req.backend)
     # Hypervisor
     hypervisor = req.hypervisor or (gnt.hypervisor if gnt else None)
     hv_params: dict[str, str] = {}
-    if gnt and gnt.hypervisor and hypervisor == gnt.hypervisor:
-        hv_params.update(gnt.hv_params)
+    if gnt and gnt.hv_params and hypervisor == gnt.hypervisor and req.hypervisor is None:
+        # With -H the operator's parameters replace the package's (as
+        # upstream); without it they apply only when trusted: kernel paths
+        # and extra arguments reach the host.
+        if trusted:
+            hv_params.update(gnt.hv_params)
+        else:
+            ignored.append(f"hypervisor parameters {', '.join(sorted(gnt.hv_params))}")
     hv_params.update(req.hv_params)
     # Disk template
     template = req.disk_template or (gnt.disk_template if gnt else None)
@@ -248,7 +307,11 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
         if len(plan) > MAX_DISKS:
             raise UsageError(f"{len(plan)} disks; Ganeti allows at most {MAX_DISKS}", path)
     # NICs
-    nics = _plan_nics(vs, req, gnt, warnings, path)
+    nics = _plan_nics(vs, req, gnt, warnings, path, ignored)
+    if ignored:
+        warnings.append(f"the package's Ganeti section sets {'; '.join(ignored)}: not "
+                        "applied (they reach the host or its networks; "
+                        "--trust-ganeti-section applies them)")
     tags = tuple(req.tags) if req.tags else (gnt.tags if gnt else ())
     cfg = ExportConfig(
         name=name, os=os_name, disks=(), nics=nics, disk_template=template,
@@ -258,8 +321,23 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
     return cfg, plan, warnings
 
 
+def _consistent_memory(backend: dict[str, str], given: Mapping[str, str]) -> None:
+    """When the operator sets only one of maxmem/minmem, keep minmem <= maxmem
+    by moving the other one, not by leaving an impossible pair for Ganeti."""
+    try:
+        lo, hi = int(backend["minmem"]), int(backend["maxmem"])
+    except (KeyError, ValueError):
+        return
+    if lo <= hi:
+        return
+    if "maxmem" in given and "minmem" not in given:
+        backend["minmem"] = backend["maxmem"]
+    elif "minmem" in given and "maxmem" not in given:
+        backend["maxmem"] = backend["minmem"]
+
+
 def _plan_nics(vs: VirtualSystem, req: ImportRequest, gnt, warnings: list[str],
-               path: str) -> tuple[GanetiNic, ...]:
+               path: str, ignored: list[str]) -> tuple[GanetiNic, ...]:
     if req.no_nics:
         return ()
     if req.nics is not None:
@@ -279,8 +357,15 @@ def _plan_nics(vs: VirtualSystem, req: ImportRequest, gnt, warnings: list[str],
         return tuple(out)
     out = []
     count = max(len(vs.nics), len(gnt.nics) if gnt else 0)
+    placed = []
     for i in range(count):
         g = gnt.nics[i] if gnt and i < len(gnt.nics) else GanetiNic()
+        if not req.trust_ganeti_section:
+            if g.link or g.network or g.mode or g.ip or g.vlan:
+                placed.append(str(i))
+            # Which bridge, network or VLAN a NIC joins is the operator's
+            # call (--net), not a stranger's.
+            g = GanetiNic(mac=g.mac, name=g.name)
         ovf_mac = vs.nics[i].mac if i < len(vs.nics) else None
         mac = g.mac or ovf_mac
         if mac and not MAC_RE.match(mac):
@@ -289,6 +374,8 @@ def _plan_nics(vs: VirtualSystem, req: ImportRequest, gnt, warnings: list[str],
             mac = None
         out.append(dataclasses.replace(g, mac=(mac.lower().replace("-", ":") if mac
                                                else "generate")))
+    if placed:
+        ignored.append(f"mode/link/network/IP of NIC {', '.join(placed)}")
     if len(out) > MAX_NICS:
         raise UsageError(f"{len(out)} NICs; Ganeti allows at most {MAX_NICS}", path)
     return tuple(out)
@@ -312,73 +399,127 @@ def _stream_to_file(pkg: Package, disk: Disk, dest: str) -> None:
         out.truncate()
 
 
-def _produce_disk(pkg: Package, disk: Disk | None, size: int, index: int,
-                  workdir: str, progress: Callable[[str], None]) -> ExportDisk:
-    dump = f"disk{index}.raw"
-    dest = os.path.join(workdir, dump)
+@dataclass(frozen=True, slots=True)
+class _DiskJob:
+    """One disk to produce, inspected before anything is written."""
+
+    index: int
+    size: int  # bytes of the Ganeti disk
+    ref: FileRef | None = None  # None: blank
+    disk: Disk | None = None
+    src: ByteRange | None = None  # the image in place; None for a stream
+    fmt: str | None = None
+    need: int = 0  # bytes of output space it may take
+
+
+def _inspect(pkg: Package, disk: Disk | None, size: int, index: int) -> _DiskJob:
+    """Check one disk of the plan: sizes, format, safety; no output yet."""
     if disk is None or disk.file_ref is None:
         if size <= 0:
-            raise UsageError(f"disk {index} has no size")
-        progress(f"disk {index}: blank, {size} bytes")
-        diskmod.create_blank(dest, -(-size // 512) * 512)
-        os.chmod(dest, 0o600)
-        return ExportDisk(size=size, dump=dump)
+            raise UsageError(f"disk {index} has no size", pkg.path)
+        return _DiskJob(index, size)
     ref = disk.file_ref
-    name = ref.href
-    tmp = None
+    members = pkg.file_members(ref)
+    stored = sum(m.size for m in members)
+    if ref.size is not None and ref.size != stored:
+        raise PackageError(f"file {ref.href!r} is {stored} bytes, but References "
+                           f"declares {ref.size}", pkg.path)
     if ref.compression or ref.chunk_size:
-        tmp = os.path.join(workdir, f".disk{index}.stream")
-        progress(f"disk {index}: joining/decompressing {name}")
-        _stream_to_file(pkg, disk, tmp)
-        src = ByteRange(tmp, 0, os.path.getsize(tmp))
-    else:
-        member = pkg.get(ref.href)
-        if ref.size is not None and ref.size != member.size:
-            raise PackageError(f"file {name!r} is {member.size} bytes, but References "
-                               f"declares {ref.size}", pkg.path)
-        src = member.byte_range()
+        if disk.capacity is None:
+            raise PackageError(f"file {ref.href!r} is compressed or chunked but its disk "
+                               "declares no capacity to bound it", pkg.path)
+        # Joined/decompressed first, then converted: up to twice the disk.
+        bound = disk.capacity + disk.capacity // 10 + STREAM_SLACK
+        return _DiskJob(index, max(size, disk.capacity), ref, disk, need=bound + disk.capacity)
+    src = members[0].byte_range()
+    fmt, info = diskmod.inspect(src, name=ref.href)
+    if size and info.virtual_size > size:
+        raise DiskImageError(f"image {ref.href!r} holds {info.virtual_size} bytes, more than "
+                             f"the disk size {size}", pkg.path)
+    return _DiskJob(index, max(size, info.virtual_size), ref, disk, src, fmt,
+                    need=diskmod.data_bytes(src, fmt, name=ref.href))
+
+
+def _check_space(directory: str, jobs: list[_DiskJob]) -> None:
+    need = sum(j.need for j in jobs) + (1 << 20)
     try:
-        fmt = diskmod.detect_format(src, name=name)
-        info = diskmod.image_info(src, fmt, name=name)
-        diskmod.check_safe(info, name=name)
-        if size and info.virtual_size > size:
-            raise DiskImageError(f"image {name!r} holds {info.virtual_size} bytes, more than "
-                                 f"the disk size {size}", pkg.path)
-        size = max(size, info.virtual_size)
-        progress(f"disk {index}: {name} ({fmt}) -> {dump}")
-        if tmp is not None and fmt == "raw":
-            os.rename(tmp, dest)  # already the raw bytes: no second copy
-            tmp = None
-        else:
-            diskmod.convert_to_raw(src, fmt, dest, name=name)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        st = os.statvfs(directory)
+    except OSError as e:
+        raise ExportDirError(f"cannot check free space: {e.strerror}", directory) from e
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise ExportDirError(f"not enough free space: the disks need up to {need} bytes, "
+                             f"{free} are free", directory)
+
+
+def _produce(pkg: Package, job: _DiskJob, workdir: str,
+             progress: Callable[[str], None]) -> ExportDisk:
+    if job.ref is None:
+        # Ganeti creates a disk that has no dump without importing data:
+        # nothing to write, however large the package says it is.
+        progress(f"disk {job.index}: blank, {job.size} bytes")
+        return ExportDisk(size=job.size, dump=None)
+    dump = f"disk{job.index}.raw"
+    dest = os.path.join(workdir, dump)
+    name = job.ref.href
+    if job.src is not None and job.fmt is not None:
+        progress(f"disk {job.index}: {name} ({job.fmt}) -> {dump}")
+        diskmod.convert_to_raw(job.src, job.fmt, dest, name=name)
+    else:
+        assert job.disk is not None
+        tmp = os.path.join(workdir, f".disk{job.index}.stream")
+        try:
+            progress(f"disk {job.index}: joining/decompressing {name}")
+            _stream_to_file(pkg, job.disk, tmp)
+            src = ByteRange(tmp, 0, os.path.getsize(tmp))
+            fmt, info = diskmod.inspect(src, name=name)
+            if info.virtual_size > job.size:
+                raise DiskImageError(f"image {name!r} holds {info.virtual_size} bytes, more "
+                                     f"than the disk size {job.size}", pkg.path)
+            progress(f"disk {job.index}: {name} ({fmt}) -> {dump}")
+            if fmt == "raw":
+                os.rename(tmp, dest)  # already the raw bytes: no second copy
+            else:
+                diskmod.convert_to_raw(src, fmt, dest, name=name)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     os.chmod(dest, 0o600)  # guest data, as Ganeti's own dumps
-    return ExportDisk(size=size, dump=dump)
+    return ExportDisk(size=job.size, dump=dump)
 
 
 def import_package(package: str, output_dir: str, req: ImportRequest = ImportRequest(), *,
                    progress: Callable[[str], None] = log.info) -> ImportResult:
-    """Convert ``package`` into ``output_dir/NAME``; returns where and what."""
-    pkg = open_package(package)
-    if req.verify:
-        for w in check_package(pkg).warnings:
+    """Convert ``package`` into ``output_dir/NAME``; returns where and what.
+
+    Nothing is written before every check passed: manifest and certificate,
+    descriptor, OS, every disk image, free space.
+    """
+    with open_package(package) as pkg:
+        env = load_envelope(pkg, configuration=req.configuration)
+        if req.verify:
+            check = check_package(pkg, env)
+            for w in check.warnings:
+                log.warning("%s: %s", package, w)
+            if check.certificate is not None:
+                line, alarming = describe_certificate(check.certificate)
+                (log.warning if alarming else log.info)("%s: %s", package, line)
+        vs = choose_system(env, req.vsys, path=package)
+        cfg, plan, warnings = plan_config(env, vs, req, path=package)
+        for w in warnings:
             log.warning("%s: %s", package, w)
-    env = load_envelope(pkg, configuration=req.configuration)
-    vs = choose_system(env, req.vsys, path=package)
-    cfg, plan, warnings = plan_config(env, vs, req, path=package)
-    for w in warnings:
-        log.warning("%s: %s", package, w)
-    names = gnt_disk_names(vs)
-    dest = os.path.join(output_dir, cfg.name)
-    with staging(dest) as work:
-        produced = []
-        for i, (disk, size) in enumerate(plan):
-            d = _produce_disk(pkg, disk, size, i, work, progress)
-            produced.append(dataclasses.replace(d, name=names[i] if i < len(names) else None))
-        cfg = dataclasses.replace(cfg, disks=tuple(produced))
-        write_config(work, cfg)
+        jobs = [_inspect(pkg, disk, size, i) for i, (disk, size) in enumerate(plan)]
+        names = gnt_disk_names(vs)
+        dest = os.path.join(output_dir, cfg.name)
+        with staging(dest) as work:
+            _check_space(work, jobs)
+            produced = []
+            for job in jobs:
+                d = _produce(pkg, job, work, progress)
+                i = job.index
+                produced.append(dataclasses.replace(d, name=names[i] if i < len(names) else None))
+            cfg = dataclasses.replace(cfg, disks=tuple(produced))
+            write_config(work, cfg)
     return ImportResult(path=dest, config=cfg, warnings=tuple(warnings))
 
 

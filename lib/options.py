@@ -27,7 +27,7 @@ __all__ = [
     "add_opts",
 ]
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.I)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgtp])(i?b)?)?\s*$", re.I)
 _SHIFT = {"": 20, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
 
 
@@ -54,7 +54,7 @@ def parse_mib(text: str) -> str:
 
 
 def parse_keyval(text: str) -> dict[str, str]:
-    """``a=1,b=2`` -> dict; ``no_x`` -> x=False and ``-x`` -> x=None like Ganeti."""
+    """``a=1,b=2`` -> dict; a bare ``x`` is x=True and ``no_x`` x=False, as Ganeti."""
     out: dict[str, str] = {}
     if not text:
         return out
@@ -155,8 +155,12 @@ OS_OPT = Opt(("-o", "--os-type"), "os", "OS for the instance, as 'gnt-os list' n
              metavar="OS")
 OSPARAMS_OPT = Opt(("-O", "--os-parameters"), "osparams", "OS parameters (key=val,...)",
                    type=parse_keyval, metavar="PARAMS", default={})
+# Ganeti 3.0's constants.DISK_TEMPLATES.
+DISK_TEMPLATES = ("diskless", "file", "sharedfile", "plain", "blockdev", "drbd", "rbd", "ext",
+                  "gluster")
 DISK_TEMPLATE_OPT = Opt(("-t", "--disk-template"), "disk_template",
-                        "disk template (plain, drbd, file, diskless, ...)", metavar="TEMPL")
+                        "disk template (plain, drbd, file, diskless, ...)", metavar="TEMPL",
+                        choices=DISK_TEMPLATES)
 DISK_OPT = Opt(("--disk",), "disks", "disk size: N:size=SIZE (units: M, G, T)",
                action="append", type=parse_identkeyval, metavar="N:size=SIZE", default=[])
 BACKEND_OPT = Opt(("-B", "--backend-parameters"), "beparams",
@@ -179,11 +183,14 @@ CONFIGURATION_OPT = Opt(("--configuration",), "configuration",
 NO_VERIFY_OPT = Opt(("--no-verify",), "verify",
                     "skip manifest and certificate checks (you accept the risk)",
                     action="store_false", default=True)
+TRUST_OPT = Opt(("--trust-ganeti-section",), "trust_ganeti_section",
+                "apply the hypervisor and OS parameters and NIC placement of the "
+                "package's Ganeti section", action="store_true", default=False)
 
 COMMON_OPTS = (DEBUG_OPT, VERBOSE_OPT)
 IMPORT_OPTS = (NAME_OPT, OUTPUT_DIR_OPT, OS_OPT, OSPARAMS_OPT, DISK_TEMPLATE_OPT, DISK_OPT,
                BACKEND_OPT, HYPERVISOR_OPT, NET_OPT, NONICS_OPT, TAGS_OPT, VSYS_OPT,
-               CONFIGURATION_OPT, NO_VERIFY_OPT)
+               CONFIGURATION_OPT, NO_VERIFY_OPT, TRUST_OPT)
 EXPORT_NAME_OPT = Opt(("-n", "--name"), "name",
                       "package name (default: the instance's name)", metavar="NAME")
 EXPORT_OUTPUT_DIR_OPT = Opt(("--output-dir",), "output_dir",

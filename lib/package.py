@@ -10,6 +10,7 @@ ambiguous, and extraction tools disagree on which wins).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import re
@@ -40,12 +41,19 @@ CHUNK_SUFFIX = re.compile(r"\.(\d{9})$")
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One regular file of the package: ``size`` bytes at ``offset`` of ``container``."""
+    """One regular file of the package: ``size`` bytes at ``offset`` of ``container``.
+
+    ``container`` is ``/proc/self/fd/N`` of a descriptor the package holds
+    open, so every later reader (digests, qemu-img with the fd passed on)
+    sees the very file that was checked, even if its path is swapped for a
+    link meanwhile.  ``label`` is the path to show the operator.
+    """
 
     name: str
     container: str
     offset: int
     size: int
+    label: str = ""
 
     def byte_range(self) -> ByteRange:
         return ByteRange(self.container, self.offset, self.size)
@@ -81,11 +89,38 @@ def chunk_names(href: str) -> Iterator[str]:
 
 
 class Package:
-    """A package's files by name.  Subclasses say where the bytes are."""
+    """A package's files by name.  Subclasses say where the bytes are.
+
+    A package holds its files open (see ``Member``); use it as a context
+    manager, or call ``close``.
+    """
 
     path: str
     descriptor_name: str
     kind: str
+    _fds: list[int]
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+    def __enter__(self) -> Package:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        fds = getattr(self, "_fds", None)
+        while fds:
+            try:
+                os.close(fds.pop())
+            except OSError:
+                pass
+
+    def _pin(self, fd: int) -> str:
+        self._fds.append(fd)
+        return f"/proc/self/fd/{fd}"
 
     def member(self, name: str) -> Member | None:
         raise NotImplementedError
@@ -132,6 +167,11 @@ class Package:
         if not found:
             raise PackageError(f"chunked file {ref.href!r} has no chunk {href + '.000000000'!r}",
                                self.path)
+        later = [n for n in self.names() if n.startswith(href + ".")
+                 and CHUNK_SUFFIX.search(n) and int(n[-9:]) >= len(found)]
+        if later:
+            raise PackageError(f"chunked file {ref.href!r} lacks chunk "
+                               f"{href}.{len(found):09d} but has {later[0]!r}", self.path)
         for m in found[:-1]:
             if m.size != ref.chunk_size:
                 raise PackageError(f"chunk {m.name!r} is {m.size} bytes, not the declared "
@@ -169,7 +209,7 @@ def _concat(members: tuple[Member, ...], block: int = 1 << 20) -> Iterator[bytes
             while left:
                 data = f.read(min(block, left))
                 if not data:
-                    raise PackageError(f"member {m.name!r} is truncated", m.container)
+                    raise PackageError(f"member {m.name!r} is truncated", m.label or m.name)
                 left -= len(data)
                 yield data
 
@@ -217,37 +257,65 @@ def _bounded(it: Iterator[bytes], limit: int, path: str, href: str) -> Iterator[
 
 
 class DirPackage(Package):
-    """A ``.ovf`` with its files beside it (in its directory or below)."""
+    """A ``.ovf`` with its files beside it (in its directory or below).
+
+    Every file is opened relative to a descriptor of the package directory,
+    component by component with ``O_NOFOLLOW``: a symbolic link anywhere
+    on the way is refused, and what was opened is what is read later.
+    """
 
     kind = "ovf"
 
     def __init__(self, descriptor: str) -> None:
+        self._fds = []
         self.path = descriptor
-        self.root = os.path.dirname(os.path.abspath(descriptor))
-        self.descriptor_name = os.path.basename(descriptor)
+        # The operator's own path may be a link (their choice); inside the
+        # package directory nothing is followed.
+        real = os.path.realpath(descriptor)
+        self.root = os.path.dirname(real)
+        self.descriptor_name = os.path.basename(real)
+        self._members: dict[str, Member | None] = {}
+        try:
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise PackageError(f"cannot open its directory: {e.strerror}", descriptor) from e
+        self._fds.append(self._root_fd)
 
     def member(self, name: str) -> Member | None:
-        # Walk component by component with lstat: a symlink anywhere on
-        # the way is refused, so nothing outside the directory is reached.
-        cur = self.root
+        if name not in self._members:
+            self._members[name] = self._open(name)
+        return self._members[name]
+
+    def _open(self, name: str) -> Member | None:
         parts = name.split("/")
-        for i, part in enumerate(parts):
-            cur = os.path.join(cur, part)
-            try:
-                st = os.lstat(cur)
-            except FileNotFoundError:
-                return None
-            except OSError as e:
-                raise PackageError(f"cannot read {name!r}: {e.strerror}", self.path) from e
-            if stat.S_ISLNK(st.st_mode):
-                raise UnsafeMemberError(f"file {name!r} is a symbolic link; links are never "
-                                        "followed", self.path, name)
-            last = i == len(parts) - 1
-            if last and not stat.S_ISREG(st.st_mode):
+        cur = self._root_fd
+        opened: list[int] = []
+        try:
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                flags = os.O_RDONLY | os.O_NOFOLLOW | (0 if last else os.O_DIRECTORY)
+                try:
+                    fd = os.open(part, flags | os.O_NONBLOCK, dir_fd=cur)
+                except FileNotFoundError:
+                    return None
+                except NotADirectoryError:
+                    return None
+                except OSError as e:
+                    if e.errno == errno.ELOOP:
+                        raise UnsafeMemberError(f"file {name!r} is a symbolic link; links "
+                                                "are never followed", self.path, name) from None
+                    raise PackageError(f"cannot read {name!r}: {e.strerror}",
+                                       self.path) from e
+                opened.append(fd)
+                cur = fd
+            st = os.fstat(cur)
+            if not stat.S_ISREG(st.st_mode):
                 raise UnsafeMemberError(f"file {name!r} is not a regular file", self.path, name)
-            if not last and not stat.S_ISDIR(st.st_mode):
-                return None
-        return Member(name, cur, 0, st.st_size)
+            container = self._pin(opened.pop())
+            return Member(name, container, 0, st.st_size, os.path.join(self.root, name))
+        finally:
+            for fd in opened:
+                os.close(fd)
 
     def names(self) -> tuple[str, ...]:
         out = []
@@ -263,28 +331,44 @@ class OvaPackage(Package):
 
     kind = "ova"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fd: int) -> None:
+        """Index the OVA open on ``fd`` (which the package now owns)."""
+        self._fds = []
         self.path = path
+        container = self._pin(fd)
+        try:
+            self._index(path, fd, container)
+        except BaseException:
+            self.close()
+            raise
+
+    def _index(self, path: str, fd: int, container: str) -> None:
         self._members: dict[str, Member] = {}
         order: list[str] = []
         try:
-            with tarfile.open(path, "r:") as tar:
+            with os.fdopen(os.dup(fd), "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
                 for ti in tar:
                     name = _check_tar_member(ti, path)
                     if name is None:
                         continue
                     if name in self._members:
                         raise UnsafeMemberError(f"member {name!r} appears twice", path, name)
-                    self._members[name] = Member(name, path, ti.offset_data, ti.size)
+                    self._members[name] = Member(name, container, ti.offset_data, ti.size,
+                                                 f"{path}: {name}")
                     order.append(name)
         except tarfile.TarError as e:
             raise PackageError(f"not a valid OVA (tar) archive: {e}", path) from e
         except OSError as e:
             raise PackageError(f"cannot read: {e.strerror or e}", path) from e
-        size = os.path.getsize(path)
-        for m in self._members.values():
+        size = os.fstat(fd).st_size
+        end = 0
+        for m in sorted(self._members.values(), key=lambda m: m.offset):
             if m.offset + m.size > size:
                 raise PackageError(f"member {m.name!r} is truncated", path)
+            if m.offset < end:
+                raise UnsafeMemberError(f"member {m.name!r} overlaps another member", path,
+                                        m.name)
+            end = m.offset + m.size
         self.order = tuple(order)
         descriptors = [n for n in order if n.lower().endswith(".ovf")]
         if not descriptors:
@@ -309,6 +393,13 @@ def _check_tar_member(ti: tarfile.TarInfo, path: str) -> str | None:
     if ti.issym() or ti.islnk():
         raise UnsafeMemberError(f"member {name!r} is a link to {ti.linkname!r}; links are "
                                 "never followed", path, name)
+    if ti.issparse():
+        # Its data is not one contiguous byte range: reading it in place
+        # would see other bytes than every extracting tool does.
+        raise UnsafeMemberError(f"member {name!r} is a sparse tar member; an OVA holds "
+                                "plain members only", path, name)
+    if ti.size < 0:
+        raise UnsafeMemberError(f"member {name!r} has a negative size", path, name)
     if not ti.isreg():
         raise UnsafeMemberError(f"member {name!r} is not a regular file", path, name)
     return check_name(name, path=path)
@@ -317,20 +408,26 @@ def _check_tar_member(ti: tarfile.TarInfo, path: str) -> str | None:
 def open_package(path: str) -> Package:
     """A package from a ``.ovf`` path or an ``.ova`` path (decided by content)."""
     try:
-        st = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise PackageError(f"cannot open: {e.strerror}", path) from e
-    if not stat.S_ISREG(st.st_mode):
-        raise PackageError("not a regular file", path)
-    with open(path, "rb") as f:
-        head = f.read(512)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PackageError("not a regular file", path)
+        head = os.pread(fd, 512, 0)
+        if _looks_like_tar(head):
+            owned, fd = fd, -1
+            return OvaPackage(path, owned)  # owns the descriptor from here on
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    os.close(fd)
     if head[:2] == b"\x1f\x8b":
         # Ganeti's old ovfconverter took these; an OVA is a plain tar that we
         # read in place, which a gzip stream does not allow.
         raise PackageError("is gzip-compressed; an OVA is an uncompressed tar, so "
                            "decompress it first (gzip -dc)", path)
-    if _looks_like_tar(head):
-        return OvaPackage(path)
     if path.lower().endswith(".ova"):
         hint = ""
         if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):

@@ -8,7 +8,6 @@ instead of stopping at the first, so one run lists them all.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 from . import disks as diskmod
@@ -71,9 +70,14 @@ def _system_data(pkg: Package, vs: VirtualSystem, probe: bool) -> dict[str, Any]
 def package_info(path: str, *, vsys: str | None = None, configuration: str | None = None,
                  probe: bool = True) -> dict[str, Any]:
     """Everything an operator wants to know before importing."""
-    pkg = open_package(path)
+    with open_package(path) as pkg:
+        return _package_info(pkg, path, vsys, configuration, probe)
+
+
+def _package_info(pkg: Package, path: str, vsys: str | None, configuration: str | None,
+                  probe: bool) -> dict[str, Any]:
     env: Envelope = load_envelope(pkg, configuration=configuration)
-    check = check_package(pkg, collect=True)
+    check = check_package(pkg, env, collect=True)
     systems = [vs for vs in env.systems if vsys is None or vs.system_id == vsys]
     cert = check.certificate
     return {
@@ -94,6 +98,7 @@ def package_info(path: str, *, vsys: str | None = None, configuration: str | Non
             "subject": cert.subject, "issuer": cert.issuer,
             "not_before": cert.not_before.isoformat(), "not_after": cert.not_after.isoformat(),
             "self_signed": cert.self_signed, "expired": cert.expired,
+            "not_yet_valid": cert.not_yet_valid, "key": cert.key,
             "fingerprint_sha256": cert.fingerprint_sha256,
         },
         # What the reader could not use, then what the manifest leaves
@@ -151,6 +156,16 @@ def info_text(d: dict[str, Any]) -> str:
         if g:
             out.append(f"  Ganeti: OS {g['os'] or '-'}, hypervisor {g['hypervisor'] or '-'}, "
                        f"template {g['disk_template'] or '-'}, tags {' '.join(g['tags']) or '-'}")
+            # Shown in full: these apply only with --trust-ganeti-section.
+            for label, params in (("hypervisor parameter", g["hypervisor_parameters"]),
+                                  ("OS parameter", g["os_parameters"]),
+                                  ("backend parameter", g["backend"])):
+                for k, v in params.items():
+                    out.append(f"    {label} {k} = {v!r}")
+            for i, n in enumerate(g["nics"]):
+                placed = {k: n[k] for k in ("mode", "link", "network", "ip", "vlan") if n[k]}
+                if placed:
+                    out.append(f"    NIC {i}: " + ", ".join(f"{k} {v}" for k, v in placed.items()))
         for p in vs["products"]:
             label = " ".join(x for x in (p["vendor"], p["product"], p["version"]) if x)
             if label:
@@ -181,10 +196,17 @@ def info_text(d: dict[str, Any]) -> str:
 
 def verify_package(path: str) -> tuple[list[str], list[str]]:
     """(problems, what was checked and held) for a whole package."""
+    try:
+        with open_package(path) as pkg:
+            return _verify(pkg)
+    except OvfError as e:
+        return [e.problem], []
+
+
+def _verify(pkg: Package) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     checked: list[str] = []
     try:
-        pkg = open_package(path)
         env = load_envelope(pkg)
     except OvfError as e:
         return [e.problem], checked
@@ -213,9 +235,7 @@ def verify_package(path: str) -> tuple[list[str], list[str]]:
             continue
         try:
             src = pkg.get(ref.href).byte_range()
-            fmt = diskmod.detect_format(src, name=ref.href)
-            info = diskmod.image_info(src, fmt, name=ref.href)
-            diskmod.check_safe(info, name=ref.href)
+            fmt, info = diskmod.inspect(src, name=ref.href)
             if disk.capacity is not None and info.virtual_size > disk.capacity:
                 problems.append(f"image {ref.href!r} holds {info.virtual_size} bytes, more "
                                 f"than its declared capacity {disk.capacity}")
@@ -227,7 +247,7 @@ def verify_package(path: str) -> tuple[list[str], list[str]]:
     extra = [n for n in pkg.names() if n not in referenced]
     if pkg.kind == "ova":
         problems.extend(f"member {n!r} is not referenced by the descriptor" for n in extra)
-    check = check_package(pkg, collect=True)
+    check = check_package(pkg, env, collect=True)
     problems.extend(check.problems)
     if check.manifest:
         checked.append(f"manifest {check.manifest}: {len(check.verified)} digest(s) match"
@@ -237,6 +257,4 @@ def verify_package(path: str) -> tuple[list[str], list[str]]:
     if check.certificate is not None:
         checked.append(f"certificate {check.certificate.subject}: signature over the "
                        "manifest holds")
-    if os.path.isdir(path):
-        problems.append("is a directory")
     return problems, checked

@@ -61,7 +61,8 @@ def test_extended_table_keeps_ganetis_and_adds_ovf():
     def orig(c):
         return {s for o in gb.commands[c][2] for s in o._long_opts}
 
-    assert longs("import") - orig("import") == {"--ovf", "--os-type", "--no-verify"}
+    assert longs("import") - orig("import") == {"--ovf", "--os-type", "--no-verify",
+                                                "--trust-ganeti-section"}
     assert longs("export") - orig("export") == {"--ovf", "--ova", "--format", "--output-dir",
                                                 "--manifest"}
 

@@ -6,7 +6,7 @@ from ganeti_ovf.exportdir import MIB, render_config
 from ganeti_ovf.gnt_export import FIELDS, instance_config
 
 ROW = {
-    "name": "web1", "os": "noop", "pnode": "node1", "oper_state": False,
+    "name": "web1", "os": "noop", "pnode": "node1", "oper_state": False, "admin_state": "down",
     "disks_active": False, "disk_template": "file", "hypervisor": "kvm",
     "be/maxmem": 512, "be/minmem": 256, "be/vcpus": 2,
     "custom_beparams": {"auto_balance": False}, "custom_hvparams": {"kernel_path": ""},

@@ -1,0 +1,206 @@
+"""Packages made to hurt: each test is one attack found in review, and what
+stops it."""
+
+from __future__ import annotations
+
+import configparser
+import io
+import os
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+from make_fixtures import Appliance, DiskSpec
+
+from ganeti_ovf import report
+from ganeti_ovf.errors import ExportDirError, IntegrityError, PackageError, UnsafeMemberError
+from ganeti_ovf.importer import ImportRequest, import_package
+from ganeti_ovf.package import open_package
+
+MIB = 1 << 20
+
+GANETI_SECTION = b"""<gnt:GanetiSection xmlns:gnt="http://ganeti">
+    <gnt:Version>0</gnt:Version>
+    <gnt:OperatingSystem><gnt:Name>noop</gnt:Name>
+      <gnt:Parameters><gnt:dangerous>yes</gnt:dangerous></gnt:Parameters>
+    </gnt:OperatingSystem>
+    <gnt:Hypervisor><gnt:Name>kvm</gnt:Name>
+      <gnt:Parameters>
+        <gnt:kvm_extra>-drive file=/dev/vda,format=raw,if=virtio</gnt:kvm_extra>
+        <gnt:kernel_path>/boot/vmlinuz-host</gnt:kernel_path>
+      </gnt:Parameters>
+    </gnt:Hypervisor>
+    <gnt:Backend><gnt:Parameters><gnt:maxmem>512</gnt:maxmem>
+      <gnt:always_failover>True</gnt:always_failover></gnt:Parameters></gnt:Backend>
+    <gnt:Network><gnt:Nic ovf:name="n0" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">
+      <gnt:Mode>bridged</gnt:Mode><gnt:Link>br-mgmt</gnt:Link>
+      <gnt:MACAddress>aa:00:00:11:22:33</gnt:MACAddress></gnt:Nic></gnt:Network>
+    <gnt:Disks><gnt:Disk><gnt:Name>DISKNAME</gnt:Name></gnt:Disk></gnt:Disks>
+  </gnt:GanetiSection>
+</Envelope>"""
+
+
+def req(os_path, **kw) -> ImportRequest:
+    kw.setdefault("os_name", "noop")
+    return ImportRequest(os_search_path=os_path, use_cluster=False, **kw)
+
+
+def ini(path) -> configparser.ConfigParser:
+    cp = configparser.ConfigParser()
+    cp.read(os.path.join(path, "config.ini"))
+    return cp
+
+
+def with_ganeti_section(build, disk_name: str = "root") -> str:
+    pkg, _ = build(Appliance(name="evil", disks=[DiskSpec(MIB, "raw")], nics=[("N", None)]),
+                   ova=False, manifest=None)
+    p = Path(pkg)
+    p.write_bytes(p.read_bytes().replace(
+        b"</Envelope>", GANETI_SECTION.replace(b"DISKNAME", disk_name.encode())))
+    return pkg
+
+
+def test_stranger_cannot_set_hypervisor_os_params_or_bridges(build, tmp_path, os_path):
+    pkg = with_ganeti_section(build)
+    res = import_package(pkg, str(tmp_path / "o"), req(os_path))
+    cp = ini(res.path)
+    assert dict(cp["hypervisor"]) == {} and dict(cp["os"]) == {}
+    assert cp["instance"]["nic0_link"] == "None" and cp["instance"]["nic0_mode"] == "None"
+    # harmless settings still apply
+    assert cp["instance"]["nic0_mac"] == "aa:00:00:11:22:33"
+    assert cp["instance"]["maxmem"] == "512" and cp["backend"]["always_failover"] == "True"
+    assert cp["instance"]["disk0_name"] == "root"
+    w = next(w for w in res.warnings if "Ganeti section" in w)
+    assert "OS parameters dangerous" in w
+    assert "hypervisor parameters kernel_path, kvm_extra" in w
+    assert "mode/link/network/IP of NIC 0" in w and "--trust-ganeti-section" in w
+    # info shows all of it, so the operator can decide
+    text = report.info_text(report.package_info(pkg))
+    assert "hypervisor parameter kvm_extra = '-drive file=/dev/vda" in text
+    assert "NIC 0: mode bridged, link br-mgmt" in text
+
+
+def test_trusted_section_applies_and_dash_h_replaces(build, tmp_path, os_path):
+    pkg = with_ganeti_section(build)
+    res = import_package(pkg, str(tmp_path / "o"), req(os_path, trust_ganeti_section=True))
+    cp = ini(res.path)
+    assert cp["hypervisor"]["kernel_path"] == "/boot/vmlinuz-host"
+    assert cp["os"]["dangerous"] == "yes" and cp["instance"]["nic0_link"] == "br-mgmt"
+    res = import_package(pkg, str(tmp_path / "o2"),
+                         req(os_path, trust_ganeti_section=True, hypervisor="kvm",
+                             hv_params={"acpi": "True"}))
+    assert dict(ini(res.path)["hypervisor"]) == {"acpi": "True"}
+
+
+def test_carriage_return_cannot_inject_config_keys(build, tmp_path, os_path):
+    pkg = with_ganeti_section(build, "data&#13;nic0_link = br-mgmt")
+    with pytest.raises(ExportDirError, match=r"disk0_name: value 'data\\rnic0_link = br-mgmt' "
+                                             "holds a control character"):
+        import_package(pkg, str(tmp_path / "o"), req(os_path, no_nics=True))
+    assert os.listdir(tmp_path / "o") == []
+
+
+def test_file_swapped_for_a_link_after_opening_is_not_followed(build, tmp_path):
+    """What was checked is what is read: members are held open."""
+    pkg, raws = build(Appliance(name="swap", disks=[DiskSpec(MIB, "raw")]), ova=False,
+                      manifest=None)
+    disk = Path(pkg).parent / "swap-disk1.raw"
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"S" * MIB)
+    with open_package(pkg) as p:
+        m = p.get("swap-disk1.raw")
+        disk.unlink()
+        disk.symlink_to(secret)
+        assert m.byte_range().read(0, 16) == raws[0][:16]
+    with pytest.raises(UnsafeMemberError, match="symbolic link"):
+        with open_package(pkg) as p:
+            p.get("swap-disk1.raw")
+
+
+def test_sparse_tar_member_refused(build, tmp_path, os_path):
+    pkg, _ = build(Appliance(name="sp", disks=[DiskSpec(MIB, "raw")]), manifest=None)
+    bad = tmp_path / "sparse.ova"
+    with tarfile.open(pkg) as t, tarfile.open(bad, "w", format=tarfile.GNU_FORMAT) as out:
+        for m in t.getmembers():
+            data = t.extractfile(m).read()
+            if m.name.endswith(".raw"):
+                m.type = tarfile.GNUTYPE_SPARSE
+            out.addfile(m, io.BytesIO(data))
+    with pytest.raises(UnsafeMemberError, match=r"member 'sp-disk1.raw' is a sparse tar "
+                                                r"member; an OVA holds plain members only"):
+        import_package(str(bad), str(tmp_path / "o"), req(os_path))
+
+
+def test_manifest_must_cover_every_referenced_file(build, tmp_path, os_path):
+    pkg, _ = build(Appliance(name="cov", disks=[DiskSpec(MIB, "raw")]), ova=False)
+    mf = Path(pkg).with_suffix(".mf")
+    mf.write_text("".join(ln + "\n" for ln in mf.read_text().splitlines()
+                          if "cov.ovf" in ln))
+    with pytest.raises(IntegrityError, match=r"manifest does not list 'cov-disk1.raw': its "
+                                             "content is not protected"):
+        import_package(pkg, str(tmp_path / "o"), req(os_path))
+    problems, _ = report.verify_package(pkg)
+    assert any("does not list 'cov-disk1.raw'" in p for p in problems)
+
+
+def test_certificate_without_manifest_refused(build, tmp_path, os_path):
+    pkg, _ = build(Appliance(name="nc", disks=[DiskSpec(MIB, "raw")]), ova=False, manifest=None)
+    Path(pkg).with_suffix(".cert").write_text("garbage\n")
+    with pytest.raises(IntegrityError, match=r"certificate 'nc.cert' but no manifest 'nc.mf'"):
+        import_package(pkg, str(tmp_path / "o"), req(os_path))
+
+
+def test_huge_manifest_refused_without_reading_it(build, tmp_path, os_path):
+    pkg, _ = build(Appliance(name="big", disks=[DiskSpec(MIB, "raw")]), ova=False)
+    mf = Path(pkg).with_suffix(".mf")
+    with open(mf, "r+b") as f:
+        f.truncate(1 << 30)  # sparse: costs nothing on disk, 1 GiB to read
+    with pytest.raises(IntegrityError, match=r"manifest 'big.mf' is 1073741824 bytes; refusing"):
+        import_package(pkg, str(tmp_path / "o"), req(os_path))
+
+
+def test_chunk_gap_refused(build, tmp_path, os_path):
+    pkg, _ = build(Appliance(name="gap", disks=[DiskSpec(3 * MIB, "raw")]), manifest=None)
+    out = tmp_path / "gap2.ova"
+    with tarfile.open(pkg) as t, tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as o:
+        for m in t.getmembers():
+            data = t.extractfile(m).read()
+            if m.name.endswith(".ovf"):
+                data = re.sub(rb' ovf:size="\d+"', b"", data).replace(
+                    b'ovf:id="file0"', f'ovf:id="file0" ovf:chunkSize="{MIB}"'.encode())
+                parts = [(m.name, data)]
+            elif m.name.endswith(".raw"):
+                parts = [(f"{m.name}.{i:09d}", data[i * MIB:(i + 1) * MIB]) for i in (0, 2)]
+            else:
+                parts = [(m.name, data)]
+            for name, d in parts:
+                ti = tarfile.TarInfo(name)
+                ti.size = len(d)
+                o.addfile(ti, io.BytesIO(d))
+    with pytest.raises(PackageError, match=r"lacks chunk gap-disk1.raw.000000001 but has "
+                                           r"'gap-disk1.raw.000000002'"):
+        import_package(str(out), str(tmp_path / "o"), req(os_path))
+
+
+def test_lower_maxmem_pulls_minmem_down(build, tmp_path, os_path):
+    pkg, _ = build(Appliance(name="mem", memory_mib=1024, disks=[DiskSpec(MIB, "raw")]))
+    res = import_package(pkg, str(tmp_path / "o"), req(os_path, backend={"maxmem": "512"}))
+    inst = ini(res.path)["instance"]
+    assert (inst["maxmem"], inst["minmem"]) == ("512", "512")
+
+
+def test_free_space_checked_before_writing(build, tmp_path, os_path, mocker):
+    pkg, _ = build(Appliance(name="fs", disks=[DiskSpec(4 * MIB, "qcow2")]))
+    real = os.statvfs
+
+    def tiny(path):
+        st = real(path)
+        return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, 1, 1, st.f_files,
+                                  st.f_ffree, st.f_favail, st.f_flag, st.f_namemax))
+
+    mocker.patch("os.statvfs", side_effect=tiny)
+    with pytest.raises(ExportDirError, match=r"not enough free space: the disks need up to "
+                                             r"\d+ bytes, \d+ are free"):
+        import_package(pkg, str(tmp_path / "o"), req(os_path))
+    assert os.listdir(tmp_path / "o") == []
