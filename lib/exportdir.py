@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from .errors import ExportDirError
+from .errors import ExportDirError, OvfError
 from .model import GanetiNic
 
 __all__ = [
@@ -261,6 +261,30 @@ def _new_sibling(dest: str, make: Callable[[str, str], str], what: str) -> str:
         return make(f".{os.path.basename(dest)}.new-", parent)
     except OSError as e:
         raise ExportDirError(f"cannot create a {what}: {e.strerror}", parent) from e
+
+
+def human_size(n: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
+
+
+def check_free_space(path: str, need: int, what: str,
+                     error: type[OvfError] = ExportDirError) -> None:
+    """Refuse, before writing, an output that cannot fit where it goes
+    (``path`` or its nearest existing parent)."""
+    where = os.path.abspath(path)
+    while not os.path.isdir(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    try:
+        st = os.statvfs(where)
+    except OSError as e:
+        raise error(f"cannot check free space: {e.strerror}", where) from e
+    avail = st.f_bavail * st.f_frsize
+    if need > avail:
+        raise error(f"not enough free space: {what} needs up to {human_size(need)}, "
+                    f"{human_size(avail)} available", where)
 
 
 def _refuse_existing(dest: str) -> None:

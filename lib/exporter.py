@@ -62,6 +62,7 @@ from .exportdir import (
     MIB,
     ExportConfig,
     ExportDisk,
+    check_free_space,
     check_instance_name,
     read_config,
     staging,
@@ -398,27 +399,6 @@ def estimate_space(plans: Sequence[DiskPlan], req: ExportRequest) -> int:
     if outs and _needs_temp(req):
         need += max(outs)
     return need
-
-
-def _human(n: int) -> str:
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f} {unit}"
-    return f"{n} bytes"
-
-
-def _check_space(output_dir: str, need: int) -> None:
-    where = os.path.abspath(output_dir)
-    while not os.path.isdir(where) and os.path.dirname(where) != where:
-        where = os.path.dirname(where)
-    try:
-        st = os.statvfs(where)
-    except OSError as e:
-        raise PackageError(f"cannot check free space: {e.strerror}", where) from e
-    avail = st.f_bavail * st.f_frsize
-    if need > avail:
-        raise PackageError(f"not enough free space: the package needs up to {_human(need)}, "
-                           f"{_human(avail)} available", where)
 
 
 # ---------------------------------------------------------------- writing
@@ -832,7 +812,7 @@ def export_config(cfg: ExportConfig, dumps: Sequence[str | None], output_dir: st
     dest = os.path.join(output_dir, name + ".ova" if req.ova else name)
     if os.path.lexists(dest):
         raise PackageError("already exists; remove it or choose another name with -n", dest)
-    _check_space(output_dir, estimate_space(plans, req))
+    check_free_space(output_dir, estimate_space(plans, req), "the package", PackageError)
 
     def env_for(sizes: dict) -> Envelope:
         return build_envelope(cfg, name, plans, sizes, req, config=config)

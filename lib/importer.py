@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from . import disks as diskmod
 from . import integrity, oslist
 from .descriptor.reader import parse_descriptor
-from .errors import DiskImageError, ExportDirError, IntegrityError, PackageError, UsageError
+from .errors import DiskImageError, IntegrityError, PackageError, UsageError
 from .exportdir import (
     MAX_DISKS,
     MAX_NICS,
     ExportConfig,
     ExportDisk,
+    check_free_space,
     check_instance_name,
     staging,
     write_config,
@@ -440,18 +441,6 @@ def _inspect(pkg: Package, disk: Disk | None, size: int, index: int) -> _DiskJob
                     need=diskmod.data_bytes(src, fmt, name=ref.href))
 
 
-def _check_space(directory: str, jobs: list[_DiskJob]) -> None:
-    need = sum(j.need for j in jobs) + (1 << 20)
-    try:
-        st = os.statvfs(directory)
-    except OSError as e:
-        raise ExportDirError(f"cannot check free space: {e.strerror}", directory) from e
-    free = st.f_bavail * st.f_frsize
-    if need > free:
-        raise ExportDirError(f"not enough free space: the disks need up to {need} bytes, "
-                             f"{free} are free", directory)
-
-
 def _produce(pkg: Package, job: _DiskJob, workdir: str,
              progress: Callable[[str], None]) -> ExportDisk:
     if job.ref is None:
@@ -512,7 +501,7 @@ def import_package(package: str, output_dir: str, req: ImportRequest = ImportReq
         names = gnt_disk_names(vs)
         dest = os.path.join(output_dir, cfg.name)
         with staging(dest) as work:
-            _check_space(work, jobs)
+            check_free_space(work, sum(j.need for j in jobs) + (1 << 20), "the import")
             produced = []
             for job in jobs:
                 d = _produce(pkg, job, work, progress)
