@@ -46,14 +46,14 @@ QEMU_FMT = {"vmdk": ("vmdk", ["-o", "subformat=streamOptimized"]),
 
 
 def pattern_bytes(size: int, seed: int = 1) -> bytes:
-    """Deterministic, incompressible-ish data with zero holes (sparse-friendly)."""
+    """Deterministic, incompressible data with zero holes (sparse-friendly)."""
     out = bytearray()
     block = 0
     while len(out) < size:
         if block % 3 == 2:
             out += bytes(65536)  # a hole
         else:
-            out += hashlib.sha256(f"{seed}:{block}".encode()).digest() * 2048
+            out += hashlib.shake_256(f"{seed}:{block}".encode()).digest(65536)
         block += 1
     return bytes(out[:size])
 
