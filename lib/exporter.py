@@ -227,14 +227,16 @@ def check_dump(export_dir: str, disk: ExportDisk, index: int, *, os_name: str,
             f"{what} is {st.st_size} bytes, not disk{index}_size "
             f"{disk.size // MIB} MiB ({disk.size} bytes), so it is not a raw disk image: "
             f"the export script of OS {os_name!r} wrote something else", config)
+    # Exactly the disk's size: a raw disk image, opened as raw from here on
+    # (never probed).  Guest data may begin like an image format or a
+    # compressed stream; that is the guest's business, said as a warning.
     try:
         fmt = diskmod.detect_format(ByteRange(path, 0, st.st_size), name=name)
     except DiskImageError as e:
-        raise ExportDirError(f"{what} is not a raw disk image ({e.problem}): the export "
-                             f"script of OS {os_name!r} wrote something else", config) from e
+        fmt = e.problem
     if fmt != "raw":
-        raise ExportDirError(f"{what} is a {fmt} image, not a raw disk image: the export "
-                             f"script of OS {os_name!r} wrote something else", config)
+        log.warning("%s: %s has the disk's exact size but begins like %s; exported as the "
+                    "raw disk it is", config, what, fmt if " " in fmt else f"a {fmt} image")
     return path
 
 

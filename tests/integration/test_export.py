@@ -476,13 +476,19 @@ def test_wrong_size_dump_is_refused(tmp_path):
         export_package(str(export / "config.ini"), str(tmp_path / "out"), ExportRequest())
 
 
-def test_dump_in_an_image_format_is_refused(tmp_path):
+def test_dump_of_exact_size_that_looks_like_an_image_is_raw(tmp_path, caplog):
+    """A guest's disk may begin with gzip or qcow2 magic: at exactly the
+    disk's size the dump is the raw disk; it is exported as such, with a
+    warning, and never probed."""
     export = make_export(tmp_path, SAMPLES / "plain" / "config.ini")
     dump = export / read_config(str(export / "config.ini")).disks[0].dump
     with open(dump, "r+b") as f:
-        f.write(b"\x1f\x8b\x08\x00")  # a gzip stream where a disk should be
-    with pytest.raises(ExportDirError, match=r"is not a raw disk image \(gzip image: "):
-        export_package(str(export), str(tmp_path / "out"), ExportRequest())
+        f.write(b"QFI\xfb\x00\x00\x00\x03")  # a qcow2 header inside the guest's disk
+    res = export_package(str(export), str(tmp_path / "out"), ExportRequest(disk_format="raw"))
+    assert any("begins like a qcow2 image; exported as the raw disk it is" in r.getMessage()
+               for r in caplog.records)
+    out = Path(res.path) / res.files[-1]
+    assert out.read_bytes() == dump.read_bytes()
 
 
 @pytest.mark.parametrize("dump", ["../escape", "sub/dir", "..", "link"])
