@@ -476,10 +476,13 @@ def test_wrong_size_dump_is_refused(tmp_path):
         export_package(str(export / "config.ini"), str(tmp_path / "out"), ExportRequest())
 
 
-def test_dump_of_exact_size_that_looks_like_an_image_is_raw(tmp_path, caplog):
+def test_dump_of_exact_size_that_looks_like_an_image_is_raw(tmp_path, caplog, monkeypatch):
     """A guest's disk may begin with gzip or qcow2 magic: at exactly the
     disk's size the dump is the raw disk; it is exported as such, with a
     warning, and never probed."""
+    import logging
+    # cli.main (run in-process by other tests) stops propagation to the root
+    monkeypatch.setattr(logging.getLogger("ganeti_ovf"), "propagate", True)
     export = make_export(tmp_path, SAMPLES / "plain" / "config.ini")
     dump = export / read_config(str(export / "config.ini")).disks[0].dump
     with open(dump, "r+b") as f:
