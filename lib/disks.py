@@ -24,6 +24,7 @@ same rules:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -208,7 +209,7 @@ def detect_format(src: ByteRange, *, name: str | None = None) -> str:
     files (qemu would open whatever path they name), differencing VHD/VDI
     images, and everything in REFUSED_MAGIC.  Anything unknown is raw.
     """
-    label = name or src.path
+    label = name or src.label or src.path
     if src.size <= 0:
         raise DiskImageError("image is empty", label)
     head = _read(src, 0, _HEAD, label)
@@ -280,22 +281,23 @@ def _file_node(src: ByteRange, label: str) -> tuple[dict[str, Any], bool]:
     extra bytes are the member's own tar padding, never another member.
     """
     path = os.path.abspath(src.path)
+    shown = src.label or src.path
     try:
         path.encode("utf-8")  # qemu's JSON is UTF-8; a stray byte names another file
     except UnicodeEncodeError as e:
-        raise DiskImageError(f"file name {src.path!r} is not valid UTF-8", label) from e
+        raise DiskImageError(f"file name {shown!r} is not valid UTF-8", label) from e
     try:
         st = os.stat(path)
     except OSError as e:
-        raise DiskImageError(f"cannot read {src.path!r}: {e.strerror or e}", label) from e
+        raise DiskImageError(f"cannot read {shown!r}: {e.strerror or e}", label) from e
     if not stat.S_ISREG(st.st_mode):
-        raise DiskImageError(f"{src.path!r} is not a regular file", label)
+        raise DiskImageError(f"{shown!r} is not a regular file", label)
     if src.size <= 0:
         raise DiskImageError("image is empty", label)
     if src.offset < 0 or src.offset + src.size > st.st_size:
         raise DiskImageError(
             f"byte range {src.offset}+{src.size} runs past the end of "
-            f"{src.path!r} ({st.st_size} bytes)",
+            f"{shown!r} ({st.st_size} bytes)",
             label,
         )
     file_node: dict[str, Any] = {"driver": "file", "filename": path}
@@ -304,7 +306,7 @@ def _file_node(src: ByteRange, label: str) -> tuple[dict[str, Any], bool]:
     size = -(-src.size // _SECTOR) * _SECTOR
     if size != src.size and (src.offset % _SECTOR or src.offset + size > st.st_size):
         raise DiskImageError(
-            f"byte range {src.offset}+{src.size} of {src.path!r} cannot be read "
+            f"byte range {src.offset}+{src.size} of {shown!r} cannot be read "
             "in place (qemu needs whole 512-byte sectors)",
             label,
         )
@@ -523,7 +525,7 @@ def image_info(src: ByteRange, fmt: str, *, name: str | None = None) -> ImageInf
     ``info`` never opens backing or external data files (verified with
     strace on qemu-img 7.2), so it is safe to run before check_safe.
     """
-    label = name or src.path
+    label = name or src.label or src.path
     spec, whole = _spec(src, fmt, label)
     out = _run(
         ["info", "-f", fmt, "--output=json", spec],
@@ -630,12 +632,47 @@ def inspect(src: ByteRange, *, name: str) -> tuple[str, ImageInfo]:
     return fmt, info
 
 
+def _raw_data_bytes(src: ByteRange) -> int:
+    end = src.offset + src.size
+    total = 0
+    try:
+        fd = os.open(src.path, os.O_RDONLY)
+    except OSError:
+        return src.size
+    try:
+        pos = src.offset
+        while pos < end:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole remains; others: no support
+                return total if pos > src.offset else (0 if _no_data(fd, pos) else src.size)
+            if data >= end:
+                break
+            try:
+                hole = os.lseek(fd, data, os.SEEK_HOLE)
+            except OSError:
+                hole = end
+            total += min(hole, end) - data
+            pos = hole
+    finally:
+        os.close(fd)
+    return total
+
+
+def _no_data(fd: int, pos: int) -> bool:
+    try:
+        os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as e:
+        return e.errno == errno.ENXIO
+    return False
+
+
 def data_bytes(src: ByteRange, fmt: str, *, name: str) -> int:
     """Bytes of guest data the image holds (its allocated extents), an upper
-    bound of what its sparse raw conversion occupies.  Raw images count
-    whole: inside an OVA their holes are not visible."""
+    bound of what its sparse raw conversion occupies.  For raw, the range's
+    data (SEEK_DATA/SEEK_HOLE: holes of a sparse file or OVA do not count)."""
     if fmt == "raw":
-        return src.size
+        return _raw_data_bytes(src)
     spec, _ = _spec(src, fmt, name)
     out = _run(["map", "-f", fmt, "--output=json", spec], name=name, limits=_CHECK_LIMITS)
     try:

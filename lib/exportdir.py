@@ -335,10 +335,10 @@ def write_config(directory: str, cfg: ExportConfig) -> str:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM (delivered when the block ends), so a temporary
+    """Hold SIGINT/SIGTERM/SIGHUP (delivered when the block ends), so a temporary
     file cannot be created and then lost to a Ctrl-C before its cleanup
     is in place."""
-    held = {signal.SIGINT, signal.SIGTERM}
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         yield

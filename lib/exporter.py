@@ -240,6 +240,20 @@ def check_dump(export_dir: str, disk: ExportDisk, index: int, *, os_name: str,
     return path
 
 
+def _refuse_ambiguous_raw(path: str, index: int, config: str) -> None:
+    """A raw disk file whose guest data begins like an image header would be
+    read as that image by content-sniffing importers (ours included): only a
+    wrapping format (vmdk, qcow2) keeps such a disk unambiguous."""
+    try:
+        fmt = diskmod.detect_format(ByteRange(path, 0, _byte_size(path)), name=path)
+    except DiskImageError as e:
+        fmt = e.problem
+    if fmt != "raw":
+        raise UsageError(f"disk {index} begins like {fmt if ' ' in fmt else 'a ' + fmt + ' image'}"
+                         "; as a raw file it would be misread: use --format vmdk or qcow2",
+                         config)
+
+
 def _allocated(path: str) -> int:
     """Bytes a dump occupies: its blocks for a file, its size for a device."""
     try:
@@ -795,6 +809,8 @@ def export_config(cfg: ExportConfig, dumps: Sequence[str | None], output_dir: st
         if size != d.size:
             raise ExportDirError(f"disk {i} ({path}) is {size} bytes, not the disk size "
                                  f"{d.size}", config)
+        if req.disk_format == "raw":
+            _refuse_ambiguous_raw(path, i, config)
         href = f"{name}-disk{i}.{ext}" + (".gz" if req.compress else "")
         plans.append(DiskPlan(i, d.size, path, _allocated(path), f"file{i}", href))
     names = {"ovf": f"{name}.ovf", "mf": f"{name}.mf", "cert": f"{name}.cert"}

@@ -151,6 +151,14 @@ def _conversion_context(cli):
 
 
 def ovf_import(original, cli, opts, args) -> int:
+    """Convert into a hidden staging export, then run Ganeti's own import.
+
+    The import job is always submitted first (as Ganeti's own SubmitOpCode
+    does: send, then poll), so the job id is known at once: from then on a
+    detached watcher removes the staging directory when the job ends, and
+    a signal or a dropped session in the foreground cannot pull the dumps
+    from under a running job.  Before that, SIGTERM/SIGHUP/Ctrl-C remove it.
+    """
     from .importer import ImportRequest, import_package
 
     if opts.src_node or opts.src_dir:
@@ -159,46 +167,50 @@ def ovf_import(original, cli, opts, args) -> int:
     instance = args[0]
     export_root = ganeti_env.export_dir()
     node = ganeti_env.my_hostname()
+    # Ganeti applies -t/--disk/--net/-B/-H/... itself; -t and --no-nics
+    # must also shape the staging export, which Ganeti reads the rest from.
+    req = ImportRequest(name=instance, os_name=opts.os, verify=opts.ovf_verify,
+                        trust_ganeti_section=opts.ovf_trust, no_nics=bool(opts.no_nics),
+                        disk_template=opts.disk_template, use_cluster=True)
+    if not opts.ovf_verify:
+        cli.ToStderr("Warning: --no-verify: manifest and certificate are NOT checked")
+    wanted_submit = opts.submit_only
+    staging = None
+    job_id = None
     try:
-        os.makedirs(export_root, mode=0o755, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=export_root)
+        with _conversion_context(cli):
+            try:
+                os.makedirs(export_root, mode=0o755, exist_ok=True)
+                staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=export_root)
+            except OSError as e:
+                cli.ToStderr("Failure: cannot create a staging directory in %s: %s",
+                             export_root, e.strerror)
+                return 1
+            result = import_package(opts.ovf, staging, req,
+                                    progress=lambda m: cli.ToStdout("%s", m))
+            opts.src_node = node
+            opts.src_dir = result.path
+            opts.submit_only = True
+            try:
+                return original(opts, args)  # returns only if nothing was submitted
+            except cli.errors.JobSubmittedException as e:
+                job_id = e.args[0]
+                _cleanup_after_job(job_id, staging)
+    except OvfError as e:
+        return _fail(cli, e)
     except OSError as e:
-        cli.ToStderr("Failure: cannot create a staging directory in %s: %s",
-                     export_root, e.strerror)
+        cli.ToStderr("Failure: %s: %s", e.filename or opts.ovf, e.strerror or e)
         return 1
-    keep_for_job = False
-    try:
-        # Ganeti applies -t/--disk/--net/-B/-H/... itself; --no-nics must
-        # also keep the package's NICs out of the staging export, or
-        # Ganeti would read them from there.
-        req = ImportRequest(name=instance, os_name=opts.os, verify=opts.ovf_verify,
-                            trust_ganeti_section=opts.ovf_trust, no_nics=bool(opts.no_nics),
-                            use_cluster=True)
-        if not opts.ovf_verify:
-            cli.ToStderr("Warning: --no-verify: manifest and certificate are NOT checked")
-        try:
-            with _conversion_context(cli):
-                result = import_package(opts.ovf, staging, req,
-                                        progress=lambda m: cli.ToStdout("%s", m))
-        except OvfError as e:
-            return _fail(cli, e)
-        except OSError as e:
-            cli.ToStderr("Failure: %s: %s", e.filename or opts.ovf, e.strerror or e)
-            return 1
-        except KeyboardInterrupt:
-            cli.ToStderr("Failure: interrupted; nothing was left behind")
-            return 1
-        opts.src_node = node
-        opts.src_dir = result.path
-        try:
-            return original(opts, args)
-        except cli.errors.JobSubmittedException as e:
-            keep_for_job = True
-            _cleanup_after_job(e.args[0], staging)
-            raise
+    except KeyboardInterrupt:
+        cli.ToStderr("Failure: interrupted; nothing was left behind")
+        return 1
     finally:
-        if not keep_for_job:
+        if job_id is None and staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+    if wanted_submit:
+        raise cli.errors.JobSubmittedException(job_id)
+    cli.PollJob(job_id)  # Ganeti's own progress output and error handling
+    return 0
 
 
 def _cleanup_after_job(job_id, staging: str) -> None:

@@ -107,8 +107,8 @@ def ovf_export(cli, opts, args) -> int:
     req = ExportRequest(disk_format=opts.ovf_format, ova=opts.ova,
                         manifest=opts.ovf_manifest.upper())
     was_active = bool(row["disks_active"])
-    paths = _disk_paths(instance, len(cfg.disks)) if cfg.disks else []
     try:
+        paths = _disk_paths(instance, len(cfg.disks)) if cfg.disks else []
         result = export_config(cfg, paths, opts.ovf_output_dir or os.getcwd(), req,
                                progress=lambda m: cli.ToStdout("%s", m),
                                label=f"instance {instance}")

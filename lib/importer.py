@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from . import disks as diskmod
 from . import integrity, oslist
 from .descriptor.reader import parse_descriptor
-from .errors import DiskImageError, IntegrityError, PackageError, UsageError
+from .errors import DiskImageError, IntegrityError, OvfError, PackageError, UsageError
 from .exportdir import (
     MAX_DISKS,
     MAX_NICS,
@@ -26,6 +26,7 @@ from .exportdir import (
     ExportDisk,
     check_free_space,
     check_instance_name,
+    render_config,
     staging,
     write_config,
 )
@@ -143,7 +144,10 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
         except PackageError:
             problem(f"manifest lists {entry.filename!r}, which is not in the package")
             continue
-        got = integrity.digest_file(m.container, entry.algorithm, m.offset, m.size)
+        try:
+            got = integrity.digest_file(m.container, entry.algorithm, m.offset, m.size)
+        except OvfError as e:  # name the member, not /proc/self/fd/N
+            raise type(e)(f"{entry.filename!r}: {e.problem}", pkg.path) from e
         if got != entry.digest:
             problem(f"{entry.algorithm} digest of {entry.filename!r} does not match the "
                     f"manifest (got {got}, manifest says {entry.digest})")
@@ -208,6 +212,13 @@ def choose_system(env: Envelope, vsys: str | None, *, path: str) -> VirtualSyste
                          f"({', '.join(map(repr, ids))}); choose one with --vsys", path) from None
 
 
+def _printable(text: str) -> str:
+    """A file name as config.ini's informational ``source``: no control
+    characters, valid UTF-8."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _safe_name(raw: str | None) -> str | None:
     """A host-name-like instance name derived from a package's free text."""
     if not raw:
@@ -270,9 +281,16 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
             backend[key] = value
     _consistent_memory(backend, req.backend)
     # Hypervisor
-    hypervisor = req.hypervisor or (gnt.hypervisor if gnt else None)
+    hypervisor = req.hypervisor
+    if hypervisor is None and gnt and gnt.hypervisor:
+        # Which hypervisor runs the guest (chroot, lxc, ...) is the host's
+        # business: the package's choice applies only when trusted.
+        if trusted:
+            hypervisor = gnt.hypervisor
+        else:
+            ignored.append(f"hypervisor {gnt.hypervisor}")
     hv_params: dict[str, str] = {}
-    if gnt and gnt.hv_params and hypervisor == gnt.hypervisor and req.hypervisor is None:
+    if gnt and gnt.hv_params and req.hypervisor is None:
         # With -H the operator's parameters replace the package's (as
         # upstream); without it they apply only when trusted: kernel paths
         # and extra arguments reach the host.
@@ -317,9 +335,20 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
     cfg = ExportConfig(
         name=name, os=os_name, disks=(), nics=nics, disk_template=template,
         hypervisor=hypervisor, tags=tags, backend=backend, hv_params=hv_params,
-        os_params=os_params, source=os.path.basename(path),
+        os_params=os_params, source=_printable(os.path.basename(path)),
     )
     return cfg, plan, warnings
+
+
+RAW_FORMAT_URIS = frozenset([
+    "http://en.wikipedia.org/wiki/Byte",  # upstream Ganeti's and ours
+    "http://www.ganeti.org/raw",
+])
+
+
+def declares_raw(uri: str | None) -> bool:
+    """Whether a Disk's ovf:format says raw bytes (no image format)."""
+    return bool(uri) and (uri.strip() in RAW_FORMAT_URIS or uri.strip().lower().endswith("#raw"))
 
 
 def _consistent_memory(backend: dict[str, str], given: Mapping[str, str]) -> None:
@@ -429,11 +458,18 @@ def _inspect(pkg: Package, disk: Disk | None, size: int, index: int) -> _DiskJob
         if disk.capacity is None:
             raise PackageError(f"file {ref.href!r} is compressed or chunked but its disk "
                                "declares no capacity to bound it", pkg.path)
-        # Joined/decompressed first, then converted: up to twice the disk.
-        bound = disk.capacity + disk.capacity // 10 + STREAM_SLACK
-        return _DiskJob(index, max(size, disk.capacity), ref, disk, need=bound + disk.capacity)
+        # What a stream expands to is known only once it is read: counted
+        # at its stored size here; running out later is still clean (the
+        # staging directory goes, the error names the file system).
+        return _DiskJob(index, max(size, disk.capacity), ref, disk, need=stored)
     src = members[0].byte_range()
     fmt, info = diskmod.inspect(src, name=ref.href)
+    if fmt != "raw" and declares_raw(disk.format_uri):
+        # A raw disk whose guest data begins like an image header: which
+        # one is meant cannot be told, and guessing gives a different disk.
+        raise DiskImageError(f"image {ref.href!r} is declared raw ({disk.format_uri}) but "
+                             f"begins like a {fmt} image; refusing to guess which it is",
+                             pkg.path)
     if size and info.virtual_size > size:
         raise DiskImageError(f"image {ref.href!r} holds {info.virtual_size} bytes, more than "
                              f"the disk size {size}", pkg.path)
@@ -499,9 +535,14 @@ def import_package(package: str, output_dir: str, req: ImportRequest = ImportReq
             log.warning("%s: %s", package, w)
         jobs = [_inspect(pkg, disk, size, i) for i, (disk, size) in enumerate(plan)]
         names = gnt_disk_names(vs)
+        # Everything config.ini will hold is known now: refuse what it cannot
+        # hold (control characters, too many disks) before converting.
+        render_config(dataclasses.replace(cfg, disks=tuple(
+            ExportDisk(size=j.size, dump="d", name=names[j.index] if j.index < len(names)
+                       else None) for j in jobs)))
         dest = os.path.join(output_dir, cfg.name)
+        check_free_space(output_dir, sum(j.need for j in jobs) + (1 << 20), "the import")
         with staging(dest) as work:
-            check_free_space(work, sum(j.need for j in jobs) + (1 << 20), "the import")
             produced = []
             for job in jobs:
                 d = _produce(pkg, job, work, progress)

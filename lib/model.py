@@ -32,6 +32,7 @@ class ByteRange:
     path: str
     offset: int = 0
     size: int = 0
+    label: str = ""  # the name to show the operator (path may be /proc/self/fd/N)
 
     def read(self, start: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``start`` (relative), never past the range."""

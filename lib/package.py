@@ -14,6 +14,7 @@ import errno
 import gzip
 import os
 import re
+import resource
 import stat
 import tarfile
 import urllib.parse
@@ -56,7 +57,7 @@ class Member:
     label: str = ""
 
     def byte_range(self) -> ByteRange:
-        return ByteRange(self.container, self.offset, self.size)
+        return ByteRange(self.container, self.offset, self.size, self.label)
 
 
 def check_name(name: str, *, path: str) -> str:
@@ -256,6 +257,19 @@ def _bounded(it: Iterator[bytes], limit: int, path: str, href: str) -> Iterator[
         yield data
 
 
+def _raise_fd_limit() -> None:
+    """Files are held open, one per member: a package of a thousand chunks
+    needs more than the usual soft limit of 1024 descriptors.  The soft
+    limit is raised toward the hard one (never the hard one itself)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        pass
+
+
 class DirPackage(Package):
     """A ``.ovf`` with its files beside it (in its directory or below).
 
@@ -275,6 +289,7 @@ class DirPackage(Package):
         self.root = os.path.dirname(real)
         self.descriptor_name = os.path.basename(real)
         self._members: dict[str, Member | None] = {}
+        _raise_fd_limit()
         try:
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
@@ -293,13 +308,27 @@ class DirPackage(Package):
         try:
             for i, part in enumerate(parts):
                 last = i == len(parts) - 1
-                flags = os.O_RDONLY | os.O_NOFOLLOW | (0 if last else os.O_DIRECTORY)
+                # Look before opening: a device node must not even be opened
+                # (opening some has effects), a link is never followed.
                 try:
-                    fd = os.open(part, flags | os.O_NONBLOCK, dir_fd=cur)
-                except FileNotFoundError:
+                    before = os.stat(part, dir_fd=cur, follow_symlinks=False)
+                except (FileNotFoundError, NotADirectoryError):
                     return None
-                except NotADirectoryError:
+                except OSError as e:
+                    raise PackageError(f"cannot read {name!r}: {e.strerror}",
+                                       self.path) from e
+                if stat.S_ISLNK(before.st_mode):
+                    raise UnsafeMemberError(f"file {name!r} is a symbolic link; links are "
+                                            "never followed", self.path, name)
+                if not last and not stat.S_ISDIR(before.st_mode):
                     return None
+                if last and not stat.S_ISREG(before.st_mode):
+                    raise UnsafeMemberError(f"file {name!r} is not a regular file", self.path,
+                                            name)
+                flags = (os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK
+                         | (0 if last else os.O_DIRECTORY))
+                try:
+                    fd = os.open(part, flags, dir_fd=cur)
                 except OSError as e:
                     if e.errno == errno.ELOOP:
                         raise UnsafeMemberError(f"file {name!r} is a symbolic link; links "
@@ -308,9 +337,9 @@ class DirPackage(Package):
                                        self.path) from e
                 opened.append(fd)
                 cur = fd
-            st = os.fstat(cur)
-            if not stat.S_ISREG(st.st_mode):
-                raise UnsafeMemberError(f"file {name!r} is not a regular file", self.path, name)
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+                    raise PackageError(f"file {name!r} changed while being opened", self.path)
             container = self._pin(opened.pop())
             return Member(name, container, 0, st.st_size, os.path.join(self.root, name))
         finally:

@@ -487,11 +487,18 @@ def test_dump_of_exact_size_that_looks_like_an_image_is_raw(tmp_path, caplog, mo
     dump = export / read_config(str(export / "config.ini")).disks[0].dump
     with open(dump, "r+b") as f:
         f.write(b"QFI\xfb\x00\x00\x00\x03")  # a qcow2 header inside the guest's disk
-    res = export_package(str(export), str(tmp_path / "out"), ExportRequest(disk_format="raw"))
+    res = export_package(str(export), str(tmp_path / "out"), ExportRequest(disk_format="qcow2"))
     assert any("begins like a qcow2 image; exported as the raw disk it is" in r.getMessage()
                for r in caplog.records)
     out = Path(res.path) / res.files[-1]
-    assert out.read_bytes() == dump.read_bytes()
+    back = tmp_path / "back.raw"
+    diskmod.convert_to_raw(ByteRange(str(out), 0, out.stat().st_size), "qcow2", str(back),
+                           name="back")
+    assert back.read_bytes() == dump.read_bytes()
+    # As a raw file it would be read back as the inner qcow2: refused.
+    with pytest.raises(UsageError, match=r"disk 0 begins like a qcow2 image; as a raw file it "
+                                         r"would be misread: use --format vmdk or qcow2"):
+        export_package(str(export), str(tmp_path / "out2"), ExportRequest(disk_format="raw"))
 
 
 @pytest.mark.parametrize("dump", ["../escape", "sub/dir", "..", "link"])
@@ -667,7 +674,7 @@ def test_untrusted_round_trip_drops_host_reaching_settings(tmp_path, os_path):
     cp = ini(imp.path)
     src = read_config(str(export / "config.ini"))
     assert dict(cp["hypervisor"]) == {} and dict(cp["os"]) == {}
-    assert cp["instance"]["hypervisor"] == src.hypervisor
+    assert "hypervisor" not in cp["instance"]  # the cluster's default, not the package's
     assert cp["instance"]["nic0_mac"] == src.nics[0].mac
     assert cp["instance"]["nic0_link"] == "None" and cp["instance"]["nic0_mode"] == "None"
     assert cp["instance"]["maxmem"] == src.backend["maxmem"]

@@ -66,13 +66,14 @@ def test_stranger_cannot_set_hypervisor_os_params_or_bridges(build, tmp_path, os
     res = import_package(pkg, str(tmp_path / "o"), req(os_path))
     cp = ini(res.path)
     assert dict(cp["hypervisor"]) == {} and dict(cp["os"]) == {}
+    assert "hypervisor" not in cp["instance"]  # chroot/lxc/kvm: the operator's choice
     assert cp["instance"]["nic0_link"] == "None" and cp["instance"]["nic0_mode"] == "None"
     # harmless settings still apply
     assert cp["instance"]["nic0_mac"] == "aa:00:00:11:22:33"
     assert cp["instance"]["maxmem"] == "512" and cp["backend"]["always_failover"] == "True"
     assert cp["instance"]["disk0_name"] == "root"
     w = next(w for w in res.warnings if "Ganeti section" in w)
-    assert "OS parameters dangerous" in w
+    assert "OS parameters dangerous" in w and "hypervisor kvm" in w
     assert "hypervisor parameters kernel_path, kvm_extra" in w
     assert "mode/link/network/IP of NIC 0" in w and "--trust-ganeti-section" in w
     # info shows all of it, so the operator can decide
@@ -85,6 +86,7 @@ def test_trusted_section_applies_and_dash_h_replaces(build, tmp_path, os_path):
     pkg = with_ganeti_section(build)
     res = import_package(pkg, str(tmp_path / "o"), req(os_path, trust_ganeti_section=True))
     cp = ini(res.path)
+    assert cp["instance"]["hypervisor"] == "kvm"
     assert cp["hypervisor"]["kernel_path"] == "/boot/vmlinuz-host"
     assert cp["os"]["dangerous"] == "yes" and cp["instance"]["nic0_link"] == "br-mgmt"
     res = import_package(pkg, str(tmp_path / "o2"),
@@ -98,7 +100,7 @@ def test_carriage_return_cannot_inject_config_keys(build, tmp_path, os_path):
     with pytest.raises(ExportDirError, match=r"disk0_name: value 'data\\rnic0_link = br-mgmt' "
                                              "holds a control character"):
         import_package(pkg, str(tmp_path / "o"), req(os_path, no_nics=True))
-    assert os.listdir(tmp_path / "o") == []
+    assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
 def test_file_swapped_for_a_link_after_opening_is_not_followed(build, tmp_path):
@@ -203,4 +205,46 @@ def test_free_space_checked_before_writing(build, tmp_path, os_path, mocker):
     with pytest.raises(ExportDirError, match=r"not enough free space: the import needs up to "
                                              r"[\d.]+ MiB, [\d.]+ KiB available"):
         import_package(pkg, str(tmp_path / "o"), req(os_path))
-    assert os.listdir(tmp_path / "o") == []
+    assert not (tmp_path / "o").exists()
+
+
+def test_declared_raw_that_begins_like_qcow2_is_refused(build, tmp_path, os_path):
+    """A raw disk whose guest data starts with a qcow2 header: guessing
+    either way gives somebody a different disk, so the import refuses."""
+    pkg, _ = build(Appliance(name="amb", disks=[DiskSpec(MIB, "raw")]), ova=False,
+                   manifest=None)
+    disk = Path(pkg).parent / "amb-disk1.raw"
+    import subprocess
+    inner = tmp_path / "inner.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(inner), "512K"], check=True)
+    data = bytearray(disk.read_bytes())
+    data[: inner.stat().st_size] = inner.read_bytes()
+    disk.write_bytes(bytes(data))
+    with pytest.raises(Exception, match=r"is declared raw \(http://www.ganeti.org/raw\) but "
+                                        r"begins like a qcow2 image; refusing to guess"):
+        import_package(pkg, str(tmp_path / "o"), req(os_path))
+
+
+def test_device_node_in_a_directory_package_is_never_opened(build, tmp_path, os_path):
+    import stat as st
+    if os.geteuid() != 0:
+        pytest.skip("mknod needs root")
+    pkg, _ = build(Appliance(name="dev", disks=[DiskSpec(MIB, "raw")]), ova=False,
+                   manifest=None)
+    disk = Path(pkg).parent / "dev-disk1.raw"
+    disk.unlink()
+    os.mknod(disk, st.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null
+    with pytest.raises(UnsafeMemberError, match=r"file 'dev-disk1.raw' is not a regular file"):
+        import_package(pkg, str(tmp_path / "o"), req(os_path))
+
+
+def test_sparse_raw_counts_only_its_data(tmp_path):
+    from ganeti_ovf import disks
+    from ganeti_ovf.model import ByteRange
+    f = tmp_path / "s.raw"
+    with open(f, "wb") as h:
+        h.truncate(80 << 30)
+        h.seek(MIB)
+        h.write(b"x" * 4096)
+    assert disks.data_bytes(ByteRange(str(f), 0, 80 << 30), "raw", name="s") <= 64 * 1024
+    assert disks.data_bytes(ByteRange(str(f), 2 * MIB, 10 * MIB), "raw", name="s") == 0
