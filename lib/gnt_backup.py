@@ -209,8 +209,22 @@ def ovf_import(original, cli, opts, args) -> int:
             shutil.rmtree(staging, ignore_errors=True)
     if wanted_submit:
         raise cli.errors.JobSubmittedException(job_id)
-    cli.PollJob(job_id)  # Ganeti's own progress output and error handling
+    try:
+        cli.PollJob(job_id)  # Ganeti's own progress output and error handling
+    finally:
+        # The job has ended unless we were interrupted while polling (then
+        # the watcher removes the directory when it does).
+        if not _job_running(cli, job_id):
+            shutil.rmtree(staging, ignore_errors=True)
     return 0
+
+
+def _job_running(cli, job_id) -> bool:
+    try:
+        status = cli.GetClient().QueryJobs([job_id], ["status"])[0][0]
+    except Exception:  # noqa: BLE001 - unknown: leave it to the watcher
+        return True
+    return status not in ("success", "error", "canceled")
 
 
 def _cleanup_after_job(job_id, staging: str) -> None:
