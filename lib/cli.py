@@ -19,7 +19,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from . import __version__, ganeti_env, oslist, report
+from . import __version__, ganeti_env, oslist, progress, report
 from .errors import IntegrityError, OvfError, UsageError
 from .importer import ImportRequest
 from .options import (
@@ -61,6 +61,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     add_opts(common, COMMON_OPTS)
+    common.add_argument("-q", "--quiet", action="store_true", default=False,
+                        help="no progress display and no summary line")
     p = _Parser(prog=PROG, parents=[common],
                 description="Convert OVF/OVA packages to and from Ganeti export directories.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -70,12 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", parents=[common],
                          help="OVF/OVA package -> Ganeti export directory")
     imp.add_argument("package", metavar="PACKAGE", help=".ovf or .ova file")
-    add_opts(imp, IMPORT_OPTS)
+    add_opts(imp, IMPORT_OPTS + (JSON_OPT,))
 
     exp = sub.add_parser("export", parents=[common],
                          help="Ganeti export directory -> OVF/OVA package")
     exp.add_argument("source", metavar="EXPORT", help="export directory or its config.ini")
-    add_opts(exp, EXPORT_OPTS)
+    add_opts(exp, EXPORT_OPTS + (JSON_OPT,))
 
     info = sub.add_parser("info", parents=[common], help="describe a package")
     info.add_argument("package", metavar="PACKAGE")
@@ -90,9 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _StatusAwareHandler(logging.StreamHandler):
+    """A log line never lands in the middle of a progress status line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        progress.clear_status()
+        super().emit(record)
+
+
 def _setup_logging(debug: bool, verbose: bool) -> None:
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StatusAwareHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
     root = logging.getLogger("ganeti_ovf")
     root.handlers[:] = [handler]
@@ -170,9 +180,22 @@ def cmd_import(args) -> int:
     if not req.verify:
         log.warning("--no-verify: manifest and certificate are NOT checked")
     out = args.output_dir or ganeti_env.export_dir()
-    result = import_package(args.package, out, req, progress=log.info)
-    _emit(result.path)
+    with _progress(args) as prog:
+        result = import_package(args.package, out, req, progress=prog)
+    _finish(args, progress.import_outcome(args.package, result, prog), result.path)
     return EXIT_SUCCESS
+
+
+def _progress(args) -> progress.Progress:
+    return progress.Progress(log.info, stream=sys.stderr, quiet=args.quiet)
+
+
+def _finish(args, outcome: dict, path: str) -> None:
+    """stdout: the path (scripts use it) or, with --json, the outcome;
+    stderr: one summary line unless -q."""
+    _emit(json.dumps(outcome, indent=2) if args.json else path)
+    if not args.quiet:
+        print(f"{PROG}: {progress.summary_line(outcome)}", file=sys.stderr)
 
 
 def cmd_export(args) -> int:
@@ -191,8 +214,9 @@ def cmd_export(args) -> int:
         ova=args.ova, ovf_version=args.ovf_version, manifest=args.manifest,
         sign_key=args.sign_key, sign_cert=args.sign_cert, chunk_size=args.chunk_size,
     )
-    result = export_package(args.source, args.output_dir or ".", req, progress=log.info)
-    _emit(result.path)
+    with _progress(args) as prog:
+        result = export_package(args.source, args.output_dir or ".", req, progress=prog)
+    _finish(args, progress.export_outcome(result, prog), result.path)
     return EXIT_SUCCESS
 
 
@@ -230,6 +254,12 @@ COMMANDS = {
 }
 
 
+def _help_command(argv: Sequence[str]) -> str:
+    """``ovfconverter import`` when the subcommand is known, else ``ovfconverter``."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return f"{PROG} {command}" if command in COMMANDS else PROG
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "-d" in argv or "--debug" in argv
@@ -247,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OvfError as e:
         if debug:
             log.exception("traceback")
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        hint = f" (see '{_help_command(argv)} --help')" if isinstance(e, UsageError) else ""
+        print(f"{PROG}: error: {e}{hint}", file=sys.stderr)
         return next(code for cls, code in EXIT_CODES if isinstance(e, cls))
     except OSError as e:
         if debug:

@@ -80,6 +80,7 @@ from .model import (
     VirtualSystem,
 )
 from .ovawriter import NAME_MAX, OvaWriter, all_zero, pwrite_all
+from .progress import meter
 
 __all__ = [
     "ExportRequest",
@@ -673,9 +674,10 @@ def _write_dir(dest: str, plans: Sequence[DiskPlan], env_for: Callable[[dict], E
         written: list[_Written] = []
         sizes: dict[str, int] = {}
         for p in plans:
-            files = _produce(p, req, open_out=lambda n: _SparseFile(os.path.join(work, n)),
-                             final_dir=work, tmp_prefix=os.path.join(work, "."),
-                             progress=progress)
+            with meter(progress, p.index, p.href or "", p.allocated, watch=p.href):
+                files = _produce(p, req, open_out=lambda n: _SparseFile(os.path.join(work, n)),
+                                 final_dir=work, tmp_prefix=os.path.join(work, "."),
+                                 progress=progress)
             written += files
             if p.file_id is not None:
                 sizes[p.file_id] = sum(f.size for f in files)
@@ -729,8 +731,9 @@ def _write_ova(dest: str, plans: Sequence[DiskPlan], env_for: Callable[[dict], E
             sizes: dict[str, int] = {}
             for p in plans:
                 # qemu-img's temporary output: beside the OVA being written.
-                files = _produce(p, req, open_out=ova.open_member, final_dir=None,
-                                 tmp_prefix=tmp + ".", progress=progress)
+                with meter(progress, p.index, p.href or "", p.allocated, watch=p.href):
+                    files = _produce(p, req, open_out=ova.open_member, final_dir=None,
+                                     tmp_prefix=tmp + ".", progress=progress)
                 written += files
                 if p.file_id is not None and p.href is not None:
                     sizes[p.file_id] = sum(f.size for f in files)

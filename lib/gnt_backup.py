@@ -160,6 +160,7 @@ def ovf_import(original, cli, opts, args) -> int:
     from under a running job.  Before that, SIGTERM/SIGHUP/Ctrl-C remove it.
     """
     from .importer import ImportRequest, import_package
+    from .progress import Progress
 
     if opts.src_node or opts.src_dir:
         cli.ToStderr("Failure: --ovf replaces --src-node/--src-dir")
@@ -186,8 +187,8 @@ def ovf_import(original, cli, opts, args) -> int:
                 cli.ToStderr("Failure: cannot create a staging directory in %s: %s",
                              export_root, e.strerror)
                 return 1
-            result = import_package(opts.ovf, staging, req,
-                                    progress=lambda m: cli.ToStdout("%s", m))
+            with Progress(lambda m: cli.ToStdout("%s", m)) as shown:  # meters on a tty
+                result = import_package(opts.ovf, staging, req, progress=shown)
             opts.src_node = node
             opts.src_dir = result.path
             opts.submit_only = True

@@ -24,6 +24,7 @@ from .errors import ClusterError, UsageError
 from .exportdir import MIB, ExportConfig, ExportDisk
 from .exporter import ExportRequest, export_config
 from .model import GanetiNic
+from .progress import Progress
 
 __all__ = ["ovf_export", "instance_config"]
 
@@ -109,9 +110,9 @@ def ovf_export(cli, opts, args) -> int:
     was_active = bool(row["disks_active"])
     try:
         paths = _disk_paths(instance, len(cfg.disks)) if cfg.disks else []
-        result = export_config(cfg, paths, opts.ovf_output_dir or os.getcwd(), req,
-                               progress=lambda m: cli.ToStdout("%s", m),
-                               label=f"instance {instance}")
+        with Progress(lambda m: cli.ToStdout("%s", m)) as shown:  # meters on a tty
+            result = export_config(cfg, paths, opts.ovf_output_dir or os.getcwd(), req,
+                                   progress=shown, label=f"instance {instance}")
     finally:
         if cfg.disks and not was_active:
             _gnt_instance("deactivate-disks", instance)

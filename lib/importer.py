@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from . import disks as diskmod
 from . import integrity, oslist
 from .descriptor.reader import parse_descriptor
-from .errors import DiskImageError, IntegrityError, OvfError, PackageError, UsageError
+from .errors import (
+    DescriptorError,
+    DiskImageError,
+    IntegrityError,
+    OvfError,
+    PackageError,
+    UsageError,
+)
 from .exportdir import (
     MAX_DISKS,
     MAX_NICS,
@@ -32,6 +39,7 @@ from .exportdir import (
 )
 from .model import ByteRange, Disk, Envelope, FileRef, GanetiNic, VirtualSystem
 from .package import Package, open_package
+from .progress import meter
 
 __all__ = [
     "ImportRequest",
@@ -202,6 +210,10 @@ def load_envelope(pkg: Package, *, configuration: str | None = None) -> Envelope
 
 def choose_system(env: Envelope, vsys: str | None, *, path: str) -> VirtualSystem:
     ids = [vs.system_id for vs in env.systems]
+    if not ids:
+        why = next((w for w in env.warnings if w.startswith("no VirtualSystem")),
+                   "no VirtualSystem in the descriptor")
+        raise DescriptorError(f"{why}; nothing to import", path)
     try:
         return env.system(vsys)
     except KeyError:
@@ -489,13 +501,15 @@ def _produce(pkg: Package, job: _DiskJob, workdir: str,
     name = job.ref.href
     if job.src is not None and job.fmt is not None:
         progress(f"disk {job.index}: {name} ({job.fmt}) -> {dump}")
-        diskmod.convert_to_raw(job.src, job.fmt, dest, name=name)
+        with meter(progress, job.index, name, job.src.size, watch=dest):
+            diskmod.convert_to_raw(job.src, job.fmt, dest, name=name)
     else:
         assert job.disk is not None
         tmp = os.path.join(workdir, f".disk{job.index}.stream")
         try:
             progress(f"disk {job.index}: joining/decompressing {name}")
-            _stream_to_file(pkg, job.disk, tmp)
+            with meter(progress, job.index, name, job.need):
+                _stream_to_file(pkg, job.disk, tmp)
             src = ByteRange(tmp, 0, os.path.getsize(tmp))
             fmt, info = diskmod.inspect(src, name=name)
             if info.virtual_size > job.size:
@@ -505,7 +519,8 @@ def _produce(pkg: Package, job: _DiskJob, workdir: str,
             if fmt == "raw":
                 os.rename(tmp, dest)  # already the raw bytes: no second copy
             else:
-                diskmod.convert_to_raw(src, fmt, dest, name=name)
+                with meter(progress, job.index, name, src.size, watch=dest):
+                    diskmod.convert_to_raw(src, fmt, dest, name=name)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -124,6 +124,8 @@ def info_text(d: dict[str, Any]) -> str:
     for n in d["networks"]:
         out.append(f"Network: {n['name']}" + (f" - {n['description']}" if n["description"]
                                               else ""))
+    if not d["systems"]:
+        out.append("Virtual systems: none (nothing to import)")
     for vs in d["systems"]:
         out.append(f"Virtual system {vs['id']!r}: {vs['name'] or '(no name)'}")
         os_ = vs["os"]
@@ -200,6 +202,8 @@ def verify_package(path: str) -> tuple[list[str], list[str]]:
         with open_package(path) as pkg:
             return _verify(pkg)
     except OvfError as e:
+        if isinstance(e.__cause__, OSError) and e.path == path:
+            raise  # nothing to verify (missing, unreadable): an error, as for info
         return [e.problem], []
 
 

@@ -256,7 +256,12 @@ class _Reader:
         env_ganeti = self._ganeti(root)
         systems = tuple(self._systems(root, disks, env_ganeti))
         if not systems:
-            raise DescriptorError(self._no_system(), self.path)
+            why = self._no_system()
+            if "VirtualSystemCollection" not in why:
+                raise DescriptorError(why, self.path)
+            # An empty vApp (as VMware's and DMTF's examples): info shows
+            # what is there; import refuses it (importer.choose_system).
+            self.warn(why)
         return Envelope(
             version=version,
             files=tuple(files.values()),
