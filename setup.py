@@ -1,7 +1,9 @@
 """ganeti-ovf: OVF/OVA import and export for Ganeti clusters.
 
 ``build`` also renders man/*.rst into man pages with docutils (any docutils
-warning fails the build) and installs them under share/man.
+warning fails the build) and installs them under share/man, with the bash
+completion.  pyproject.toml declares what the build needs (docutils), so
+pip's isolated build works.
 """
 
 import os
@@ -48,6 +50,7 @@ setup(
     install_requires=["lxml", "pyparsing>=3.0", "cryptography>=38"],
     extras_require={"test": ["pytest", "pytest-mock", "hypothesis", "ruff", "docutils"]},
     scripts=["scripts/ovfconverter"],
-    data_files=_man_pages(),
+    data_files=_man_pages() + [("share/bash-completion/completions",
+                                ["completion/ovfconverter"])],
     cmdclass={"build_py": BuildWithMan},
 )

@@ -55,3 +55,14 @@ def build(tmp_path: Path):
 def read(path: str | os.PathLike) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say once, in the summary, why tests were skipped for want of
+    ../shared (reference data beside the project, not part of it)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    n = sum(1 for r in skipped if "shared" in str(getattr(r, "longrepr", "")))
+    if n and not SHARED.is_dir():
+        terminalreporter.write_line(
+            f"{n} skipped: ../shared ({SHARED}) is absent; those tests read its OVF corpus "
+            "and Ganeti samples (reference data beside the project)")

@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 tools/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 work=$(mktemp -d /tmp/ganeti-ovf-demo.XXXXXX)
+# The work dir goes on every exit (DEMO_KEEP=1 keeps it to look around).
+cleanup() { [[ ${DEMO_KEEP:-0} == 1 ]] && echo "(kept $work)" || rm -rf -- "$work"; }
+trap cleanup EXIT
 echo "== building an appliance in $work"
 ova=$(.venv/bin/python tools/make_fixtures.py "$work")
 echo "$ova"
@@ -32,8 +35,7 @@ if [[ ${DEMO_CLUSTER:-1} == 0 || $EUID -ne 0 ]]; then
   exit 0
 fi
 prefix=$work/prefix
-cleanup() { qa/cluster.sh down >/dev/null 2>&1 || true; }
-trap cleanup EXIT
+trap 'qa/cluster.sh down >/dev/null 2>&1 || true; cleanup' EXIT
 echo; echo "== a throw-away Ganeti cluster (qa/cluster.sh up) and the plugin (tools/install.sh)"
 qa/cluster.sh up
 tools/install.sh --prefix "$prefix"

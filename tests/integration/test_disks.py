@@ -434,9 +434,13 @@ def test_backing_file_refused(tmp_path: Path, fmt: str) -> None:
     )
 
 
-def test_data_file_refused(tmp_path: Path) -> None:
+def test_data_file_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     img = tmp_path / "disk1.qcow2"
+    # qemu-img creates a relative data file beside the image's path as it
+    # resolves it: run where tmp_path is, so it lands there, not in the tree.
+    monkeypatch.chdir(tmp_path)
     qemu_img("create", "-q", "-f", "qcow2", "-o", "data_file=ext.data", str(img), "4M")
+    assert (tmp_path / "ext.data").exists()
     info = disks.image_info(whole(img), "qcow2", name="disk1.qcow2")
     assert info.data_file == "ext.data"
     with pytest.raises(
