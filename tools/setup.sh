@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(qemu-utils python3-venv python3-pip python3-lxml python3-pyparsing
-      python3-cryptography python3-docutils ganeti ganeti-os-noop iproute2 time)
+      python3-cryptography python3-docutils ganeti ganeti-os-noop iproute2 time
+      git debhelper dh-python python3-all python3-setuptools)  # last: qa/deb.sh build
 missing=()
 for p in "${PKGS[@]}"; do
   [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" == "install ok installed" ]] \
