@@ -7,9 +7,9 @@
 # gnt-backup export --ovf --ova back out.  The cluster is torn down at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup.sh
+[[ ${SKIP_SETUP:-0} == 1 ]] || tools/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-work=$(mktemp -d /tmp/ganeti-ovf-demo.XXXXXX)
+work=$(mktemp -d "${TMPDIR:-/tmp}/ganeti-ovf-demo.XXXXXX")
 # The work dir goes on every exit (DEMO_KEEP=1 keeps it to look around).
 cleanup() { [[ ${DEMO_KEEP:-0} == 1 ]] && echo "(kept $work)" || rm -rf -- "$work"; }
 trap cleanup EXIT
