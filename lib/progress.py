@@ -323,7 +323,7 @@ def export_outcome(result, progress: Progress) -> dict:
     from .package import open_package
 
     ova = not os.path.isdir(result.path)
-    where = result.path if ova else os.path.join(result.path, result.descriptor)
+    where = result.path if ova else result.descriptor  # the .ovf's path
     digests = _digests(where)
     files = []
     with open_package(where) as pkg:

@@ -280,3 +280,18 @@ def test_shared_skips_say_why(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r"SKIPPED \[\d+\] .*shared", r.stdout), r.stdout
     assert re.search(r"\d+ skipped: \.\./shared \(.*\) is absent", r.stdout), r.stdout
+
+
+def test_export_json_in_the_current_directory(big_package, tmp_path):
+    """The default output dir (.) gives relative paths; --json still reads
+    the package it wrote."""
+    assert run("import", str(big_package), "-o", "noop", "-q",
+               "--output-dir", str(tmp_path)).returncode == 0
+    (tmp_path / "cwd").mkdir()
+    p = subprocess.run([sys.executable, str(SCRIPT), "export", str(tmp_path / "watch"),
+                        "--json", "-f", "raw"], cwd=tmp_path / "cwd", capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["path"] == "./watch" and res["descriptor"] == "./watch/watch.ovf"
+    assert {f["name"]: f["size"] for f in res["files"]}["watch-disk0.raw"] == 48 * MIB

@@ -601,7 +601,8 @@ def test_cli_export(tmp_path, capsys):
     rc = cli.main(["export", str(export), "--sign", "key.pem", "--output-dir", str(out)])
     assert rc == 2
     assert capsys.readouterr().err.strip() == \
-        "ovfconverter: error: --sign KEY and --cert CERT go together"
+        "ovfconverter: error: --sign KEY and --cert CERT go together " \
+        "(see 'ovfconverter export --help')"
 
 
 def test_default_output_dir_is_the_current_directory(tmp_path, monkeypatch, capsys):

@@ -43,7 +43,7 @@ def test_every_command_has_its_section():
 def test_options_documented_both_ways(command):
     text = PAGE.read_text()
     sec = _section(text, command.upper()).split("Example::")[0]
-    common = {"--debug", "--verbose"}
+    common = {"--debug", "--verbose", "--quiet"}
     in_parser = _long_opts(_subparsers()[command]) - common
     in_page = set(re.findall(r"(?<![\w-])\\?(--[a-z][a-z0-9-]*)", sec))
     in_page = {o.lstrip("\\") for o in in_page} - common

@@ -353,11 +353,19 @@ def test_ganeti_section_in_system_wins():
      "system 'vm': disk HostResource 'nfs://server/d1' is neither ovf:/disk/ID nor "
      "ovf:/file/ID"),
     ("<References/>", "no VirtualSystem in the descriptor"),
-    ('<VirtualSystemCollection ovf:id="vapp"><Info>x</Info></VirtualSystemCollection>',
-     "no VirtualSystem in the descriptor (VirtualSystemCollection 'vapp' holds none)"),
 ])
 def test_refusals(body, message):
     refused(envelope(body), f"t.ovf: {message}")
+
+
+def test_empty_collection_is_read_with_a_warning():
+    """An empty vApp (VMware's and DMTF's examples) is shown by info; only
+    import needs a system (importer.choose_system refuses it)."""
+    env = read(envelope('<VirtualSystemCollection ovf:id="vapp"><Info>x</Info>'
+                        '</VirtualSystemCollection>'))
+    assert env.systems == ()
+    assert "no VirtualSystem in the descriptor (VirtualSystemCollection 'vapp' holds none)" \
+        in env.warnings
 
 
 def test_not_ovf_and_not_xml():
