@@ -197,8 +197,8 @@ class Progress:
             yield stat
             ok = True
         finally:
-            stat.finish(ok)
-            with self._lock:
+            with self._lock:  # the drawing thread samples the same stat
+                stat.finish(ok)
                 self._active.remove(stat)
                 self.disks.append(stat)
                 if self.live:
@@ -240,8 +240,15 @@ class Progress:
                 return
             now = time.monotonic()
             line = " | ".join(s.status(now) for s in self._active)
-            self._write("\r\x1b[K" + line)
+            # One row only: a wrapped line could not be taken back with \r.
+            self._write("\r\x1b[K" + line[:max(self._width() - 1, 20)])
             self._drawn = True
+
+    def _width(self) -> int:
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (AttributeError, ValueError, OSError):
+            return 80  # unknown (a pty nobody sized says 0)
 
     def _start(self) -> None:
         if not self.live or self._thread is not None:

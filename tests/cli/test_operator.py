@@ -4,6 +4,7 @@ small defects of issue 11, each run as the operator runs it."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -11,8 +12,10 @@ import pty
 import re
 import select
 import shutil
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -31,10 +34,12 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
-def run_on_tty(*args: str) -> tuple[int, str, str]:
+def run_on_tty(*args: str, columns: int = 0) -> tuple[int, str, str]:
     """Run with stderr (and stdin) on a new pseudo-terminal, stdout on a pipe:
     (exit status, what the terminal got, stdout)."""
     master, slave = pty.openpty()
+    if columns:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     env = {**os.environ, "GANETI_OVF_PROGRESS_INTERVAL": "0.01", "TERM": "xterm"}
     p = subprocess.Popen([sys.executable, str(SCRIPT), *args], stdin=slave,
                          stdout=subprocess.PIPE, stderr=slave, env=env)
@@ -96,6 +101,17 @@ def test_progress_on_a_terminal(big_package, tmp_path):
     assert re.fullmatch(rf"ovfconverter: imported 'watch' into {re.escape(str(tmp_path))}"
                         r"/watch: 2 disks, 50\.0 MiB virtual, [\d.]+ \w+ written, in "
                         r"[\d.]+ s", last), last
+
+
+def test_status_line_fits_a_narrow_terminal(big_package, tmp_path):
+    """A wrapped status line could not be redrawn in place: it is cut to
+    the terminal's width."""
+    code, tty, _ = run_on_tty("import", str(big_package), "-o", "noop",
+                              "--output-dir", str(tmp_path), columns=40)
+    assert code == 0, tty
+    drawn = [seg for seg in tty.split("\r\x1b[K") if seg and "\n" not in seg]
+    assert drawn and all(len(seg) <= 39 for seg in drawn), drawn
+    assert any(seg.startswith("disk 0 watch-disk1.vmdk:") for seg in drawn)
 
 
 def test_quiet_on_a_terminal_shows_nothing(big_package, tmp_path):
