@@ -100,11 +100,11 @@ check() {
   [[ $(state "$DIVERTED") == "$before" ]] || die "$DIVERTED is not Ganeti's $SBIN"
   grep -q "ganeti_ovf.gnt_backup" "$SBIN" || die "$SBIN is not ours"
   local help
-  help=$(gnt-backup import --help 2>&1) || die "gnt-backup import --help failed: $help"
+  help=$("$SBIN" import --help 2>&1) || die "gnt-backup import --help failed: $help"
   [[ $help == *"--ovf"* ]] || die "gnt-backup import --help shows no --ovf: $help"
   # Without --ovf it is Ganeti's command: same output, same exit status.
   local ours theirs rc_ours=0 rc_theirs=0
-  ours=$(gnt-backup list-fields 2>&1) || rc_ours=$?
+  ours=$("$SBIN" list-fields 2>&1) || rc_ours=$?
   theirs=$("$DIVERTED" list-fields 2>&1) || rc_theirs=$?
   [[ $ours == "$theirs" && $rc_ours == "$rc_theirs" ]] \
     || die "gnt-backup list-fields differs from Ganeti's ($rc_ours vs $rc_theirs)"
