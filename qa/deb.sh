@@ -114,7 +114,7 @@ check() {
            /etc/bash_completion.d/gnt-backup-ovf; do
     [[ -s $f ]] || die "$f not installed"
   done
-  echo "deb: installed: $SBIN diverted to $DIVERTED, gnt-backup runs ours (--ovf), " \
+  echo "deb: installed: $SBIN diverted to $DIVERTED, gnt-backup runs ours (--ovf)," \
        "pass-through output and status equal Ganeti's"
   purge
   trap - EXIT
