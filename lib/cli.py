@@ -19,7 +19,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from . import __version__, ganeti_env, oslist, progress, report
+from . import __version__, ganeti_env, oslist, outcome, progress, report
 from .errors import IntegrityError, OvfError, UsageError
 from .importer import ImportRequest
 from .options import (
@@ -182,7 +182,7 @@ def cmd_import(args) -> int:
     out = args.output_dir or ganeti_env.export_dir()
     with _progress(args) as prog:
         result = import_package(args.package, out, req, progress=prog)
-    _finish(args, progress.import_outcome(args.package, result, prog), result.path)
+    _finish(args, outcome.import_outcome(args.package, result, prog), result.path)
     return EXIT_SUCCESS
 
 
@@ -190,12 +190,12 @@ def _progress(args) -> progress.Progress:
     return progress.Progress(log.info, stream=sys.stderr, quiet=args.quiet)
 
 
-def _finish(args, outcome: dict, path: str) -> None:
+def _finish(args, said: dict, path: str) -> None:
     """stdout: the path (scripts use it) or, with --json, the outcome;
     stderr: one summary line unless -q."""
-    _emit(json.dumps(outcome, indent=2) if args.json else path)
+    _emit(json.dumps(said, indent=2) if args.json else path)
     if not args.quiet:
-        print(f"{PROG}: {progress.summary_line(outcome)}", file=sys.stderr)
+        print(f"{PROG}: {outcome.summary_line(said)}", file=sys.stderr)
 
 
 def cmd_export(args) -> int:
@@ -216,7 +216,7 @@ def cmd_export(args) -> int:
     )
     with _progress(args) as prog:
         result = export_package(args.source, args.output_dir or ".", req, progress=prog)
-    _finish(args, progress.export_outcome(result, prog), result.path)
+    _finish(args, outcome.export_outcome(result, prog), result.path)
     return EXIT_SUCCESS
 
 

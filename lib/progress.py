@@ -15,6 +15,7 @@ the end still shows the summary.
 
 The status line is drawn only on a terminal (stderr) and never with
 ``quiet``; it is cleared before any other line is written to the stream.
+What is said at the end (summary line, ``--json``) is in ``outcome``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
-__all__ = ["Progress", "DiskStat", "meter", "human_size", "human_time", "allocated",
-           "import_outcome", "export_outcome", "summary_line", "clear_status"]
+__all__ = ["Progress", "DiskStat", "meter", "human_size", "human_time", "clear_status"]
 
 # Seconds between redraws (the environment variable is for tests).
 INTERVAL = float(os.environ.get("GANETI_OVF_PROGRESS_INTERVAL", "0.5"))
@@ -47,14 +47,6 @@ def human_time(seconds: float) -> str:
     if s >= 3600:
         return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
     return f"{s // 60}:{s % 60:02d}"
-
-
-def allocated(path: str) -> int:
-    """Bytes a file occupies on disk (0 if it cannot be told)."""
-    try:
-        return os.stat(path).st_blocks * 512
-    except OSError:
-        return 0
 
 
 def _rchar(io_path: str) -> int | None:
@@ -285,78 +277,3 @@ def meter(progress: Callable[[str], None], index: int, label: str, total: int | 
     if isinstance(progress, Progress):
         return progress.disk(index, label, total, watch=watch)
     return contextlib.nullcontext()
-
-
-# -- the end: one summary line, or a JSON object -------------------------------
-
-
-def _digests(package: str) -> dict[str, str]:
-    """``{file: "SHA256:hex"}`` from a package's manifest ({} without one)."""
-    from .integrity import parse_manifest
-    from .package import open_package
-
-    with open_package(package) as pkg:
-        mf = pkg.sibling(".mf")
-        if mf is None:
-            return {}
-        data = mf.byte_range().read(0, mf.size)
-        return {e.filename: f"{e.algorithm}:{e.digest}"
-                for e in parse_manifest(data, path=mf.name)}
-
-
-def _stat_of(stats: list[DiskStat], index: int) -> DiskStat | None:
-    return next((s for s in stats if s.index == index), None)
-
-
-def import_outcome(package: str, result, progress: Progress) -> dict:
-    """What ``import --json`` prints: the export directory and its disks,
-    with the package's manifest digests of the files they came from."""
-    disks = []
-    for i, d in enumerate(result.config.disks):
-        path = os.path.join(result.path, d.dump) if d.dump else None
-        stat = _stat_of(progress.disks, i)
-        disks.append({"index": i, "dump": path, "size": d.size,
-                      "written": allocated(path) if path else 0, "name": d.name,
-                      "seconds": round(stat.seconds, 3) if stat else None})
-    return {"command": "import", "package": package, "path": result.path,
-            "config": os.path.join(result.path, "config.ini"), "name": result.config.name,
-            "os": result.config.os, "disks": disks, "package_digests": _digests(package),
-            "warnings": list(result.warnings), "seconds": round(progress.elapsed(), 3)}
-
-
-def export_outcome(result, progress: Progress) -> dict:
-    """What ``export --json`` prints: the package, its files with sizes and
-    manifest digests, and its disks."""
-    from .package import open_package
-
-    ova = not os.path.isdir(result.path)
-    where = result.path if ova else result.descriptor  # the .ovf's path
-    digests = _digests(where)
-    files = []
-    with open_package(where) as pkg:
-        for name in result.files:
-            m = pkg.member(name)
-            files.append({"name": name, "size": m.size if m else None,
-                          "digest": digests.get(name)})
-    disks = [{"index": s.index, "file": s.label, "read": s.done,
-              "seconds": round(s.seconds, 3)} for s in sorted(progress.disks,
-                                                              key=lambda s: s.index)]
-    return {"command": "export", "path": result.path, "ova": ova,
-            "descriptor": result.descriptor, "files": files, "disks": disks,
-            "size": sum(f["size"] or 0 for f in files),
-            "warnings": list(result.warnings), "seconds": round(progress.elapsed(), 3)}
-
-
-def summary_line(outcome: dict) -> str:
-    """One line: what was written, how big, how long."""
-    secs = f"{outcome['seconds']:.1f} s"
-    if outcome["command"] == "import":
-        disks = outcome["disks"]
-        virtual = sum(d["size"] for d in disks)
-        written = sum(d["written"] for d in disks)
-        return (f"imported {outcome['name']!r} into {outcome['path']}: {len(disks)} "
-                f"disk{'s' if len(disks) != 1 else ''}, {human_size(virtual)} virtual, "
-                f"{human_size(written)} written, in {secs}")
-    kind = "OVA" if outcome["ova"] else "package"
-    return (f"exported {kind} {outcome['path']}: {len(outcome['files'])} files, "
-            f"{human_size(outcome['size'])}, in {secs}")
