@@ -2,18 +2,21 @@
 
 Without ``--ovf`` (and outside ``--help``) the real ``gnt-backup`` is
 exec'd untouched, so output and exit status are exactly Ganeti's.  With it,
-Ganeti's own ``commands`` table is used with three options added
-(``--ovf``, ``-o/--os-type``, ``--no-verify`` on import; ``--ovf`` and the
-package options on export) and the import/export handlers wrapped:
+Ganeti's own ``commands`` table is used with options added (``--ovf``,
+``-o/--os-type``, ``--no-verify``, ``--trust-ganeti-section`` on import;
+``--ovf`` and every ``ovfconverter export`` option on export) and the
+import/export handlers wrapped, both behind one error boundary
+(``_boundary``):
 
 ``import --ovf PACKAGE``: the package is checked and converted (manifest,
 OS validated against the cluster, disks converted) into a hidden staging
 export directory under the cluster's export dir on this node, then
 Ganeti's real import handler runs on it with ``--src-node`` this node and
 the operator's own options.  The staging directory is removed afterwards;
-with ``--submit`` by a detached watcher once the job has finished.
+with ``--submit`` by a detached watcher once the job has finished.  An
+instance whose disk transfer failed (Ganeti only warns) is removed again.
 
-``export --ovf``: see ``ovf_export`` below.
+``export --ovf``: see ``gnt_export``.
 
 Runs on the interpreter Ganeti runs on (``/usr/bin/python3``), in-process
 with Ganeti's CLI, so options and messages are Ganeti's.

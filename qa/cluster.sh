@@ -199,9 +199,9 @@ down() {
   local ns pid i f
   shopt -s nullglob
   for ns in $(ip netns list | awk '{print $1}' | grep "^$PREFIX-n[0-9]*$" || true); do
-    # Ganeti's daemons first (in their stop order), then everything else
+    # Ganeti's daemons first, then everything else
     for pid in $(ip netns pids "$ns" 2>/dev/null); do
-      tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q 'ganeti-\|/daemons/' \
+      { tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null | grep -q 'ganeti-\|/daemons/' \
         && stop_pid "$pid"
     done
     for pid in $(ip netns pids "$ns" 2>/dev/null); do

@@ -528,8 +528,14 @@ def TestExportAllOptions(work: Path) -> None:
     run(["rm", "-rf", pkg], node=n2, check=True)
 
 
+def _intrusive() -> None:
+    if not CFG.get("intrusive"):
+        raise Skip("the config does not allow intrusive scenarios (intrusive: false)")
+
+
 def TestFailTargetOffline(work: Path) -> None:
     """gnt-backup import/export --ovf -n OFFLINE-NODE (clean error, nothing left anywhere)"""
+    _intrusive()
     n = node(len(nodes()) - 1)
     pkg, _ = build_package(Appliance(name="off"), str(work / "off"), ova=True)
     out = _mkout(*nodes())
@@ -548,8 +554,7 @@ def TestFailTargetOffline(work: Path) -> None:
 
 def TestFailTargetUnreachable(work: Path) -> None:
     """gnt-backup import/export --ovf -n UNREACHABLE-NODE (clean error, nothing left anywhere)"""
-    if not CFG.get("break-network"):
-        raise Skip("the config does not allow making a node unreachable (break-network)")
+    _intrusive()
     n = node(len(nodes()) - 1)
     ip = run(["gnt-node", "list", "--no-headers", "-o", "pip", n], check=True).stdout.strip()
     pkg, _ = build_package(Appliance(name="unr"), str(work / "unr"), ova=True)
@@ -569,6 +574,7 @@ def TestFailTargetUnreachable(work: Path) -> None:
 def TestFailTargetStorageFull(work: Path) -> None:
     """gnt-backup import --ovf PKG -n NODE2 / export --ovf -n NODE2 with NODE2's storage
     full (clean error, nothing left anywhere)"""
+    _intrusive()
     n2 = node(1)
     pkg, _ = build_package(Appliance(name="full", disks=[DiskSpec(16 * MIB, "vmdk")]),
                            str(work / "full2"), ova=True)

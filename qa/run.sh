@@ -24,9 +24,15 @@ remove_plugin() {
   rm -rf "$prefix"
 }
 
+# Long steps run in the background and are waited for, so that INT/TERM run
+# the teardown at once (it stops every process of the node namespaces).
+bg=
+run_bg() { "$@" & bg=$!; wait "$bg"; bg=; }
+
 finish() {
   local rc=$?
   trap - EXIT INT TERM
+  if [[ -n $bg ]]; then kill "$bg" 2>/dev/null || true; wait "$bg" 2>/dev/null || true; fi
   qa/cluster.sh down >&2 || rc=1
   remove_plugin
   if [[ -s $summary ]]; then
@@ -41,10 +47,11 @@ finish() {
   exit "$rc"
 }
 trap finish EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 qa/cluster.sh down >/dev/null 2>&1 || true
-qa/cluster.sh up "$K" >&2
+run_bg qa/cluster.sh up "$K" >&2
 install_plugin
 # An adopted block device on the second node (the master if K=1): 32 MiB,
 # grown by 2 MiB after adoption (a partial 4 MiB LVM extent).
@@ -58,8 +65,8 @@ nodes = sys.argv[2:]
 cfg.update(name="cluster.ovfqa.test", nodes=nodes, **{
     "blockdev": {"node": nodes[1 if len(nodes) > 1 else 0], "path": "/dev/disk/ovfqa-blk0",
                  "grow-loop-mib": 2},
-    "break-network": True})
+    "intrusive": True})
 json.dump(cfg, open(sys.argv[1], "w"), indent=1)
 PY
-qa/cluster.sh run /usr/bin/python3 qa/qa_ovf.py --prefix "$prefix" --config "$config" \
-  --summary "$summary" "$@"
+run_bg qa/cluster.sh run /usr/bin/python3 qa/qa_ovf.py --prefix "$prefix" \
+  --config "$config" --summary "$summary" "$@"
