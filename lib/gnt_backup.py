@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from . import ganeti_env
 from .errors import ClusterError, OvfError
 
-__all__ = ["main", "real_gnt_backup", "wants_extension"]
+__all__ = ["main", "real_gnt_backup", "undo_partial_import", "wants_extension"]
 
 STAGING_PREFIX = ".ovf-import-"
 
@@ -208,7 +208,8 @@ def ovf_import(original, cli, opts, args) -> int:
             return original(opts, args)  # returns only if nothing was submitted
         except cli.errors.JobSubmittedException as e:
             job_id = e.args[0]
-            _cleanup_after_job(job_id, staging)
+            # The foreground undoes a partial import itself, unless --submit.
+            _cleanup_after_job(job_id, staging, instance if wanted_submit else None)
     finally:
         if job_id is None and staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -224,7 +225,7 @@ def ovf_import(original, cli, opts, args) -> int:
         # the watcher removes the directory when it does).
         if not _job_running(cli, job_id):
             shutil.rmtree(staging, ignore_errors=True)
-    _undo_partial_import(cli, job_id, instance)
+    undo_partial_import(cli, job_id, instance)
     return 0
 
 
@@ -233,10 +234,10 @@ def ovf_import(original, cli, opts, args) -> int:
 _NOT_IMPORTED = "were not imported successfully"
 
 
-def _undo_partial_import(cli, job_id, instance: str) -> None:
+def undo_partial_import(cli, job_id, instance: str) -> None:
     """An instance whose disks did not all arrive is removed again: with
     ``--ovf`` an import succeeds whole or leaves nothing."""
-    oplog = cli.GetClient().QueryJobs([job_id], ["oplog"])[0][0] or []
+    oplog = cli.GetClient().QueryJobs([int(job_id)], ["oplog"])[0][0] or []
     warning = next((e[3] for op in oplog for e in op
                     if len(e) > 3 and isinstance(e[3], str) and _NOT_IMPORTED in e[3]), None)
     if warning is None:
@@ -255,16 +256,16 @@ def _job_running(cli, job_id) -> bool:
     return status not in ("success", "error", "canceled")
 
 
-def _cleanup_after_job(job_id, staging: str) -> None:
+def _cleanup_after_job(job_id, staging: str, undo_instance: str | None) -> None:
     """Remove the staging dir once the submitted job has finished, from a
-    detached process (the command itself returns at once with --submit)."""
-    gnt_job = ganeti_env.gnt_command("gnt-job")
-    script = ("import subprocess, shutil, sys; "
-              "subprocess.run([sys.argv[1], 'watch', sys.argv[2]], "
-              "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
-              "shutil.rmtree(sys.argv[3], ignore_errors=True)")
-    subprocess.Popen([sys.executable, "-c", script, gnt_job, str(job_id), staging],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    detached process (the command itself returns at once with --submit);
+    with ``undo_instance``, also remove that instance if its disks did not
+    all arrive (``undo_partial_import``)."""
+    from . import nodecmd
+
+    argv = nodecmd.helper_argv("after-import", ganeti_env.gnt_command("gnt-job"), str(job_id),
+                               staging, *([undo_instance] if undo_instance else []))
+    subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
 

@@ -38,6 +38,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -57,7 +58,9 @@ _BUF = 1 << 20
 
 # Loads this package from its directory on the node, whatever the layout
 # (an installed ganeti_ovf/ or an editable checkout's lib/).
-_BOOT = ("import importlib.util as u, sys; d = sys.argv[1]; "
+_BOOT = ("import importlib.util as u, os, sys; d = sys.argv[1]; "
+         "os.path.isdir(d) or sys.exit(os.uname().nodename + ': ganeti-ovf is not installed"
+         " in ' + d + ' (it must be at the same path on every node)'); "
          "s = u.spec_from_file_location('ganeti_ovf', d + '/__init__.py', "
          "submodule_search_locations=[d]); m = u.module_from_spec(s); "
          "sys.modules['ganeti_ovf'] = m; s.loader.exec_module(m); "
@@ -195,6 +198,22 @@ def _receive(dest: str, ova: bool, src) -> int:
     return 0
 
 
+def _after_import(gnt_job: str, job_id: str, staging: str, instance: str | None) -> int:
+    """The detached watcher of ``gnt-backup import --ovf`` (on the node that
+    converted): once the job ends, the staging dir goes, and with --submit
+    an instance whose disks did not all arrive."""
+    try:
+        subprocess.run([gnt_job, "watch", job_id], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if instance:
+        from .gnt_backup import undo_partial_import
+
+        undo_partial_import(ganeti_env.import_ganeti("ganeti.cli"), job_id, instance)
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
@@ -204,7 +223,10 @@ def main(argv: Sequence[str]) -> int:
             return _export(json.load(sys.stdin))
         if argv[:1] == ["receive"] and len(argv) in (2, 3):
             return _receive(argv[1], argv[2:] == ["--ova"], sys.stdin.buffer)
-        print(f"{me}: usage: export | receive DEST [--ova]", file=sys.stderr)
+        if argv[:1] == ["after-import"] and len(argv) in (4, 5):
+            return _after_import(argv[1], argv[2], argv[3], (argv[4:] or [None])[0])
+        print(f"{me}: usage: export | receive DEST [--ova] | "
+              "after-import GNT-JOB JOB STAGING [INSTANCE]", file=sys.stderr)
         return 2
     except OvfError as e:
         print(f"{me}: {e}", file=sys.stderr)

@@ -572,8 +572,8 @@ def TestFailTargetUnreachable(work: Path) -> None:
 
 
 def TestFailTargetStorageFull(work: Path) -> None:
-    """gnt-backup import --ovf PKG -n NODE2 / export --ovf -n NODE2 with NODE2's storage
-    full (clean error, nothing left anywhere)"""
+    """gnt-backup import --ovf PKG [--submit] -n NODE2 / export --ovf -n NODE2 with NODE2's
+    storage full (clean error, nothing left anywhere)"""
     _intrusive()
     n2 = node(1)
     pkg, _ = build_package(Appliance(name="full", disks=[DiskSpec(16 * MIB, "vmdk")]),
@@ -582,8 +582,20 @@ def TestFailTargetStorageFull(work: Path) -> None:
     try:
         _import(pkg, "qa-full2", node=n2, fail=True)
         assert_nothing_left("qa-full2")
-        if "qa-full2" in entries(n2, FILE_DIR):
-            raise QAError(f"qa-full2's disk directory left in {n2}:{FILE_DIR}")
+        # with --submit the detached watcher removes the instance
+        p = _import(pkg, "qa-full3", "--submit", node=n2)
+        m = re.search(r"JobID: (\d+)", p.stdout + p.stderr)
+        if not m:
+            raise QAError(f"no job id in {p.stdout!r}")
+        run(["gnt-job", "watch", m.group(1)])
+        for _ in range(120):
+            if not instance_exists("qa-full3"):
+                break
+            time.sleep(0.5)
+        assert_nothing_left("qa-full3")
+        left = {"qa-full2", "qa-full3"} & set(entries(n2, FILE_DIR))
+        if left:
+            raise QAError(f"disk directories {sorted(left)} left in {n2}:{FILE_DIR}")
     finally:
         run(["umount", FILE_DIR], node=n2, check=True)
     out = _mkout(*nodes())
