@@ -181,6 +181,7 @@ def instance_exists(name: str) -> bool:
 def _import(pkg: str, name: str, *extra: str, fail: bool = False, os_name: str | None = "noop",
             node: str | None = None, template: str = "file"):
     """gnt-backup import --ovf PKG -n NODE (default: master) -t TEMPLATE [-o OS] EXTRA... NAME"""
+    needs(template)
     n = node or master()
     os_opt = ["-o", os_name] if os_name and "-o" not in extra else []
     return assert_command(["gnt-backup", "import", "--ovf", pkg, "-n", n, "-t", template,
@@ -190,6 +191,11 @@ def _import(pkg: str, name: str, *extra: str, fail: bool = False, os_name: str |
 
 class Skip(Exception):
     """The cluster named in the config cannot run this scenario."""
+
+
+def needs(template: str) -> None:
+    if template not in CFG.get("disk-templates", ["file"]):
+        raise Skip(f"disk template {template} is not in the config's disk-templates")
 
 
 def node(i: int) -> str:
@@ -467,6 +473,7 @@ def _pattern(n: int, seed: int) -> bytes:
 def TestExportBlockdevLarger(work: Path) -> None:
     """gnt-backup export --ovf -n MASTER INSTANCE (blockdev, adopted device larger than
     its Ganeti disk by a partial 4 MiB extent), then imported back"""
+    needs("blockdev")
     bd = CFG.get("blockdev")
     if not bd:
         raise Skip("no blockdev device in the config")
