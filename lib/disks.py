@@ -708,16 +708,26 @@ def create_blank(dest: str, size: int) -> None:
     _run(["create", "-q", "-f", "raw", os.path.abspath(dest), str(size)], name=label)
 
 
-def _trusted_spec(path: str, fmt: str, label: str) -> str:
+def _trusted_spec(path: str, fmt: str, label: str, size: int | None = None) -> str:
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
     except OSError as e:
         raise DiskImageError(f"cannot read {path!r}: {e.strerror or e}", label) from e
-    return _spec(ByteRange(path, 0, size), fmt, label)[0]
+    if stat.S_ISBLK(st.st_mode):
+        # An instance's own block device (blockdev, LVM), read in place;
+        # ``size`` caps it at the disk size Ganeti records.
+        file_node: dict[str, Any] = {"driver": "host_device", "filename": os.path.abspath(path)}
+        if size is not None:
+            file_node = {"driver": "raw", "offset": 0, "size": size, "file": file_node}
+        spec = {"driver": fmt, "read-only": True, "backing": None, "file": file_node}
+        return "json:" + json.dumps(spec, separators=(",", ":"))
+    return _spec(ByteRange(path, 0, st.st_size if size is None else size), fmt, label)[0]
 
 
-def convert_from_raw(src_path: str, dest: str, out_fmt: str, *, name: str) -> None:
-    """Write raw ``src_path`` (a Ganeti dump) as ``out_fmt`` into new ``dest``.
+def convert_from_raw(src_path: str, dest: str, out_fmt: str, *, name: str,
+                     size: int | None = None) -> None:
+    """Write raw ``src_path`` (a Ganeti dump, or an instance's file or block
+    device; its first ``size`` bytes) as ``out_fmt`` into new ``dest``.
 
     The input is opened as raw explicitly, never probed: a guest can write
     a qcow2 header into its own disk.
@@ -725,7 +735,7 @@ def convert_from_raw(src_path: str, dest: str, out_fmt: str, *, name: str) -> No
     if out_fmt not in EXPORT_FORMATS:
         choices = ", ".join(sorted(EXPORT_FORMATS))
         raise DiskImageError(f"output format {out_fmt!r} is not one of {choices}", name)
-    spec = _trusted_spec(src_path, "raw", name)
+    spec = _trusted_spec(src_path, "raw", name, size)
     _run(
         [
             "convert",

@@ -538,8 +538,9 @@ def _seek(fd: int, pos: int, whence: int, size: int) -> int:
         raise
 
 
-def _blocks(path: str, label: str) -> Iterator[bytes]:
-    """The file's bytes in blocks of up to 1 MiB; holes are not read."""
+def _blocks(path: str, label: str, limit: int | None = None) -> Iterator[bytes]:
+    """The file's bytes (the first ``limit`` only) in blocks of up to 1 MiB;
+    holes are not read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as e:
@@ -547,6 +548,7 @@ def _blocks(path: str, label: str) -> Iterator[bytes]:
     try:
         st = os.fstat(fd)
         size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(fd, 0, os.SEEK_END)
+        size = size if limit is None else min(size, limit)
         pos = 0
         while pos < size:
             data_at = min(_seek(fd, pos, os.SEEK_DATA, size), size)
@@ -597,7 +599,7 @@ def _produce(p: DiskPlan, req: ExportRequest, *, open_out: Callable[[str], _Outp
         # qemu-img writes the package file itself; digest it afterwards.
         dest = os.path.join(final_dir, p.href)
         progress(f"disk {p.index}: {label} -> {p.href} (qemu-img, {fmt})")
-        diskmod.convert_from_raw(p.dump, dest, fmt, name=label)
+        diskmod.convert_from_raw(p.dump, dest, fmt, name=label, size=p.capacity)
         try:
             fd = os.open(dest, os.O_RDONLY)
             try:
@@ -611,16 +613,17 @@ def _produce(p: DiskPlan, req: ExportRequest, *, open_out: Callable[[str], _Outp
     else:
         tmp = f"{tmp_prefix}{p.href}.tmp"
         progress(f"disk {p.index}: {label} -> {p.href} (qemu-img, {fmt}, via a temporary file)")
-        diskmod.convert_from_raw(p.dump, tmp, fmt, name=label)
+        diskmod.convert_from_raw(p.dump, tmp, fmt, name=label, size=p.capacity)
         source = tmp
     files = _Files(open_out, p.href, req.chunk_size, req.manifest)
+    limit = p.capacity if tmp is None else None  # raw: the device may be larger
     try:
         if req.compress:
             with gzip.GzipFile(fileobj=files, mode="wb", compresslevel=6, mtime=0) as gz:
-                for block in _blocks(source, label):
+                for block in _blocks(source, label, limit):
                     gz.write(block)
         else:
-            for block in _blocks(source, label):
+            for block in _blocks(source, label, limit):
                 files.write(block)
         return files.close()
     except BaseException:
@@ -788,7 +791,8 @@ def export_config(cfg: ExportConfig, dumps: Sequence[str | None], output_dir: st
     """The package for ``cfg`` whose disk ``i`` holds the raw bytes at
     ``dumps[i]`` (None: blank).  The paths must already be trusted: checked
     dumps of an export directory, or an instance's own disks as Ganeti
-    reports them (regular files or block devices of exactly the disk size).
+    reports them (regular files or block devices; one larger than the disk
+    size, as LVM extents and adopted devices are, is read up to that size).
     """
     _check_request(req)
     config = label
@@ -809,13 +813,15 @@ def export_config(cfg: ExportConfig, dumps: Sequence[str | None], output_dir: st
             plans.append(DiskPlan(i, d.size, None, 0, None, None))
             continue
         size = _byte_size(path)
-        if size != d.size:
-            raise ExportDirError(f"disk {i} ({path}) is {size} bytes, not the disk size "
-                                 f"{d.size}", config)
+        if size < d.size:
+            raise ExportDirError(f"disk {i} ({path}) is {size} bytes, smaller than the disk "
+                                 f"size {d.size} bytes that Ganeti records", config)
+        # Larger (LVM extents, an adopted device): only Ganeti's size is the disk.
         if req.disk_format == "raw":
             _refuse_ambiguous_raw(path, i, config)
         href = f"{name}-disk{i}.{ext}" + (".gz" if req.compress else "")
-        plans.append(DiskPlan(i, d.size, path, _allocated(path), f"file{i}", href))
+        plans.append(DiskPlan(i, d.size, path, min(_allocated(path), d.size), f"file{i}",
+                              href))
     names = {"ovf": f"{name}.ovf", "mf": f"{name}.mf", "cert": f"{name}.cert"}
     if req.ova:
         members = list(names.values()) + [_chunk_names(p.href, req, _stored_bound(p, req))[-1]

@@ -2,18 +2,21 @@
 
 Without ``--ovf`` (and outside ``--help``) the real ``gnt-backup`` is
 exec'd untouched, so output and exit status are exactly Ganeti's.  With it,
-Ganeti's own ``commands`` table is used with three options added
-(``--ovf``, ``-o/--os-type``, ``--no-verify`` on import; ``--ovf`` and the
-package options on export) and the import/export handlers wrapped:
+Ganeti's own ``commands`` table is used with options added (``--ovf``,
+``-o/--os-type``, ``--no-verify``, ``--trust-ganeti-section`` on import;
+``--ovf`` and every ``ovfconverter export`` option on export) and the
+import/export handlers wrapped, both behind one error boundary
+(``_boundary``):
 
 ``import --ovf PACKAGE``: the package is checked and converted (manifest,
 OS validated against the cluster, disks converted) into a hidden staging
 export directory under the cluster's export dir on this node, then
 Ganeti's real import handler runs on it with ``--src-node`` this node and
 the operator's own options.  The staging directory is removed afterwards;
-with ``--submit`` by a detached watcher once the job has finished.
+with ``--submit`` by a detached watcher once the job has finished.  An
+instance whose disk transfer failed (Ganeti only warns) is removed again.
 
-``export --ovf``: see ``ovf_export`` below.
+``export --ovf``: see ``gnt_export``.
 
 Runs on the interpreter Ganeti runs on (``/usr/bin/python3``), in-process
 with Ganeti's CLI, so options and messages are Ganeti's.
@@ -32,9 +35,9 @@ import tempfile
 from collections.abc import Sequence
 
 from . import ganeti_env
-from .errors import OvfError
+from .errors import ClusterError, OvfError
 
-__all__ = ["main", "real_gnt_backup", "wants_extension"]
+__all__ = ["main", "real_gnt_backup", "undo_partial_import", "wants_extension"]
 
 STAGING_PREFIX = ".ovf-import-"
 
@@ -65,6 +68,7 @@ def _ovf_options(cli_opts) -> tuple[list, list]:
     objects (``options``) in optparse form, long flags only, with dests
     kept apart from Ganeti's."""
     from . import options as o
+    from .gnt_export import EXPORT_PREFIX
 
     opt = cli_opts.cli_option
     ovf_import = opt("--ovf", dest="ovf", metavar="<package>", default=None,
@@ -76,11 +80,8 @@ def _ovf_options(cli_opts) -> tuple[list, list]:
         [ovf_import, cli_opts.OS_OPT,
          o.NO_VERIFY_OPT.to_optparse(opt, long_only=True, dest="ovf_verify"),
          o.TRUST_OPT.to_optparse(opt, long_only=True, dest="ovf_trust")],
-        [ovf_export,
-         o.OVA_OPT.to_optparse(opt, long_only=True, dest="ova"),
-         o.FORMAT_OPT.to_optparse(opt, long_only=True, dest="ovf_format"),
-         o.EXPORT_OUTPUT_DIR_OPT.to_optparse(opt, long_only=True, dest="ovf_output_dir"),
-         o.MANIFEST_OPT.to_optparse(opt, long_only=True, dest="ovf_manifest")],
+        [ovf_export] + [x.to_optparse(opt, long_only=True, dest=EXPORT_PREFIX + x.dest)
+                        for x in o.EXPORT_OPTS],
     )
 
 
@@ -93,13 +94,27 @@ def _extended_commands(gb, cli_opts, cli) -> dict:
                           desc + " or from an OVF/OVA package (--ovf)")
     func, args, opts, usage, desc = commands["export"]
     commands["export"] = (_wrap_export(func, cli), args, list(opts) + exp_opts,
-                          "[--ovf [--ova] [--format vmdk|qcow2|raw]] " + usage,
+                          "[--ovf [--ova] [--format vmdk|qcow2|raw] [--compress]"
+                          " [--external] [--ovf-version 1.0|2.0] [--manifest ALG]"
+                          " [--sign KEY --cert CERT] [--chunk-size SIZE] [--name NAME]"
+                          " [--output-dir DIR]] " + usage,
                           desc + " or to an OVF/OVA package (--ovf)")
     return commands
 
 
-def _fail(cli, err: OvfError) -> int:
-    cli.ToStderr("Failure: %s", err)
+def _boundary(cli, what: str, run) -> int:
+    """The one error boundary of both ``--ovf`` commands: our errors become
+    Ganeti's one-line ``Failure: ...`` and exit 1 (Ganeti's own errors go on
+    to GenericMain, which formats them the same way)."""
+    try:
+        with _conversion_context(cli):
+            return run()
+    except OvfError as e:
+        cli.ToStderr("Failure: %s", e)
+    except OSError as e:
+        cli.ToStderr("Failure: %s: %s", e.filename or what, e.strerror or e)
+    except KeyboardInterrupt:
+        cli.ToStderr("Failure: interrupted; nothing was left behind")
     return 1
 
 
@@ -111,7 +126,7 @@ def _wrap_import(original, cli):
                              "export names its OS)")
                 return 1
             return original(opts, args)
-        return ovf_import(original, cli, opts, args)
+        return _boundary(cli, opts.ovf, lambda: ovf_import(original, cli, opts, args))
     import_instance.__doc__ = original.__doc__
     return import_instance
 
@@ -179,32 +194,23 @@ def ovf_import(original, cli, opts, args) -> int:
     staging = None
     job_id = None
     try:
-        with _conversion_context(cli):
-            try:
-                os.makedirs(export_root, mode=0o755, exist_ok=True)
-                staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=export_root)
-            except OSError as e:
-                cli.ToStderr("Failure: cannot create a staging directory in %s: %s",
-                             export_root, e.strerror)
-                return 1
-            with Progress(lambda m: cli.ToStdout("%s", m)) as shown:  # meters on a tty
-                result = import_package(opts.ovf, staging, req, progress=shown)
-            opts.src_node = node
-            opts.src_dir = result.path
-            opts.submit_only = True
-            try:
-                return original(opts, args)  # returns only if nothing was submitted
-            except cli.errors.JobSubmittedException as e:
-                job_id = e.args[0]
-                _cleanup_after_job(job_id, staging)
-    except OvfError as e:
-        return _fail(cli, e)
-    except OSError as e:
-        cli.ToStderr("Failure: %s: %s", e.filename or opts.ovf, e.strerror or e)
-        return 1
-    except KeyboardInterrupt:
-        cli.ToStderr("Failure: interrupted; nothing was left behind")
-        return 1
+        try:
+            os.makedirs(export_root, mode=0o755, exist_ok=True)
+            staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=export_root)
+        except OSError as e:
+            raise ClusterError(f"cannot create a staging directory: {e.strerror}",
+                               export_root) from e
+        with Progress(lambda m: cli.ToStdout("%s", m)) as shown:  # meters on a tty
+            result = import_package(opts.ovf, staging, req, progress=shown)
+        opts.src_node = node
+        opts.src_dir = result.path
+        opts.submit_only = True
+        try:
+            return original(opts, args)  # returns only if nothing was submitted
+        except cli.errors.JobSubmittedException as e:
+            job_id = e.args[0]
+            # The foreground undoes a partial import itself, unless --submit.
+            _cleanup_after_job(job_id, staging, instance if wanted_submit else None)
     finally:
         if job_id is None and staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -212,12 +218,35 @@ def ovf_import(original, cli, opts, args) -> int:
         raise cli.errors.JobSubmittedException(job_id)
     try:
         cli.PollJob(job_id)  # Ganeti's own progress output and error handling
+    except KeyboardInterrupt:
+        raise ClusterError(f"interrupted; job {job_id} goes on, and its staging directory "
+                           "is removed when it ends") from None
     finally:
         # The job has ended unless we were interrupted while polling (then
         # the watcher removes the directory when it does).
         if not _job_running(cli, job_id):
             shutil.rmtree(staging, ignore_errors=True)
+    undo_partial_import(cli, job_id, instance)
     return 0
+
+
+# Ganeti's LUInstanceCreate only warns when a disk transfer fails (a full
+# target, a lost node) and keeps the half-written instance.
+_NOT_IMPORTED = "were not imported successfully"
+
+
+def undo_partial_import(cli, job_id, instance: str) -> None:
+    """An instance whose disks did not all arrive is removed again: with
+    ``--ovf`` an import succeeds whole or leaves nothing."""
+    oplog = cli.GetClient().QueryJobs([int(job_id)], ["oplog"])[0][0] or []
+    warning = next((e[3] for op in oplog for e in op
+                    if len(e) > 3 and isinstance(e[3], str) and _NOT_IMPORTED in e[3]), None)
+    if warning is None:
+        return
+    opcodes = ganeti_env.import_ganeti("ganeti.opcodes")
+    cli.SubmitOpCode(opcodes.OpInstanceRemove(instance_name=instance, ignore_failures=True,
+                                              shutdown_timeout=0))
+    raise ClusterError(f"{warning.strip()}; instance {instance} was removed again")
 
 
 def _job_running(cli, job_id) -> bool:
@@ -228,16 +257,16 @@ def _job_running(cli, job_id) -> bool:
     return status not in ("success", "error", "canceled")
 
 
-def _cleanup_after_job(job_id, staging: str) -> None:
+def _cleanup_after_job(job_id, staging: str, undo_instance: str | None) -> None:
     """Remove the staging dir once the submitted job has finished, from a
-    detached process (the command itself returns at once with --submit)."""
-    gnt_job = ganeti_env.gnt_command("gnt-job")
-    script = ("import subprocess, shutil, sys; "
-              "subprocess.run([sys.argv[1], 'watch', sys.argv[2]], "
-              "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
-              "shutil.rmtree(sys.argv[3], ignore_errors=True)")
-    subprocess.Popen([sys.executable, "-c", script, gnt_job, str(job_id), staging],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    detached process (the command itself returns at once with --submit);
+    with ``undo_instance``, also remove that instance if its disks did not
+    all arrive (``undo_partial_import``)."""
+    from . import nodecmd
+
+    argv = nodecmd.helper_argv("after-import", ganeti_env.gnt_command("gnt-job"), str(job_id),
+                               staging, *([undo_instance] if undo_instance else []))
+    subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
 
@@ -247,17 +276,7 @@ def _wrap_export(original, cli):
             return original(opts, args)
         from .gnt_export import ovf_export
 
-        try:
-            with _conversion_context(cli):
-                return ovf_export(cli, opts, args)
-        except OvfError as e:
-            return _fail(cli, e)
-        except OSError as e:
-            cli.ToStderr("Failure: %s: %s", e.filename or args[0], e.strerror or e)
-            return 1
-        except KeyboardInterrupt:
-            cli.ToStderr("Failure: interrupted; nothing was left behind")
-            return 1
+        return _boundary(cli, args[0], lambda: ovf_export(cli, opts, args))
     export_instance.__doc__ = original.__doc__
     return export_instance
 

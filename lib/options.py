@@ -25,6 +25,7 @@ __all__ = [
     "EXPORT_OPTS",
     "COMMON_OPTS",
     "add_opts",
+    "from_optparse",
 ]
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgtp])(i?b)?)?\s*$", re.I)
@@ -103,6 +104,11 @@ class Opt:
     default: Any = None
     choices: Sequence[str] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Typed options in Ganeti's CLI: the name of Ganeti's own option type
+    # (cli_opts.CliOption.TYPES: "unit", "keyval", ...) and how its value
+    # becomes ours (e.g. "unit" gives MiB; we want bytes).
+    ganeti_type: str | None = None
+    from_ganeti: Callable[[Any], Any] | None = None
 
     def add_to(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
         kw: dict[str, Any] = dict(dest=self.dest, help=self.help, action=self.action,
@@ -127,7 +133,9 @@ class Opt:
                                   default=self.default)
         if self.action in ("store", "append"):
             if self.type is not None:
-                raise ValueError(f"{flags[0]}: typed options have no optparse form")
+                if self.ganeti_type is None:
+                    raise ValueError(f"{flags[0]}: typed option without a Ganeti type")
+                kw["type"] = self.ganeti_type
             if self.metavar:
                 kw["metavar"] = self.metavar
             if self.choices:
@@ -138,6 +146,16 @@ class Opt:
 def add_opts(parser, opts: Sequence[Opt]) -> None:
     for o in opts:
         o.add_to(parser)
+
+
+def from_optparse(values: Any, opts: Sequence[Opt], prefix: str = "") -> dict[str, Any]:
+    """Our values (by our dest) from Ganeti's parsed options, where each of
+    ``opts`` was added with ``dest=prefix + o.dest``: typed values converted."""
+    out: dict[str, Any] = {}
+    for o in opts:
+        v = getattr(values, prefix + o.dest)
+        out[o.dest] = o.from_ganeti(v) if o.from_ganeti is not None and v is not None else v
+    return out
 
 
 DEBUG_OPT = Opt(("-d", "--debug"), "debug", "show tracebacks and debug messages",
@@ -214,7 +232,8 @@ SIGN_OPT = Opt(("--sign",), "sign_key", "sign the manifest with this PEM private
 CERT_OPT = Opt(("--cert",), "sign_cert", "PEM certificate of the signing key", metavar="CERT")
 CHUNK_SIZE_OPT = Opt(("--chunk-size",), "chunk_size",
                      "split disk files into chunks of SIZE (units: M, G; at least 1M)",
-                     type=parse_size, metavar="SIZE")
+                     type=parse_size, metavar="SIZE", ganeti_type="unit",
+                     from_ganeti=lambda mib: mib << 20)
 
 EXPORT_OPTS = (EXPORT_NAME_OPT, EXPORT_OUTPUT_DIR_OPT, FORMAT_OPT, COMPRESS_OPT, EXTERNAL_OPT,
                OVA_OPT, OVF_VERSION_OPT, MANIFEST_OPT, SIGN_OPT, CERT_OPT, CHUNK_SIZE_OPT)

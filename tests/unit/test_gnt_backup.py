@@ -63,8 +63,37 @@ def test_extended_table_keeps_ganetis_and_adds_ovf():
 
     assert longs("import") - orig("import") == {"--ovf", "--os-type", "--no-verify",
                                                 "--trust-ganeti-section"}
-    assert longs("export") - orig("export") == {"--ovf", "--ova", "--format", "--output-dir",
-                                                "--manifest"}
+    assert longs("export") - orig("export") == {
+        "--ovf", "--ova", "--format", "--output-dir", "--manifest", "--name", "--compress",
+        "--external", "--ovf-version", "--sign", "--cert", "--chunk-size"}
+
+
+def test_every_ovfconverter_export_option_reaches_the_request():
+    """The full command line, parsed by Ganeti's own parser and option types."""
+    from ganeti_ovf import options
+    from ganeti_ovf.exporter import ExportRequest
+    from ganeti_ovf.gnt_export import export_request
+
+    gb, cli_opts, cli = _ganeti_cli()
+    ext = gnt_backup._extended_commands(gb, cli_opts, cli)
+    argv = ["gnt-backup", "export", "--ovf", "--ova", "--format", "qcow2", "--compress",
+            "--external", "--ovf-version", "2.0", "--manifest", "sha512", "--sign", "k.pem",
+            "--cert", "c.pem", "--chunk-size", "2G", "--name", "pkg", "--output-dir", "/o",
+            "-n", "node2", "inst1"]
+    _func, opts, args = cli._ParseArgs("gnt-backup", argv, ext, {}, set())
+    req, out, warnings = export_request(opts)
+    assert (out, warnings, args, opts.node) == ("/o", [], ["inst1"], "node2")
+    assert req == ExportRequest(name="pkg", disk_format="qcow2", compress=True, external=True,
+                                ova=True, ovf_version="2.0", manifest="sha512",
+                                sign_key="k.pem", sign_cert="c.pem", chunk_size=2 << 30)
+    # every export option of ovfconverter is there, and nothing else was needed
+    ovfconverter_dests = {o.dest for o in options.EXPORT_OPTS} - {"output_dir"}
+    assert ovfconverter_dests == set(ExportRequest.__dataclass_fields__)
+    # defaults are ovfconverter's
+    argv = ["gnt-backup", "export", "--ovf", "--format", "cow", "-n", "n", "i"]
+    req, out, warnings = export_request(cli._ParseArgs("gnt-backup", argv, ext, {}, set())[1])
+    assert req == ExportRequest(disk_format="qcow2", manifest="sha256") and out is None
+    assert warnings and "qcow2" in warnings[0]
 
 
 def test_man_page_documents_the_added_options():
