@@ -380,10 +380,12 @@ def TestPassThrough(work: Path) -> None:
     """gnt-backup list / export / import without --ovf behave as Ganeti's own"""
     n = master()
     real = "/usr/share/ganeti/default/gnt-backup"
-    ours = f"{CFG['prefix']}/sbin/gnt-backup"
     which = run(["sh", "-c", "command -v gnt-backup"], check=True).stdout.strip()
+    ours = f"{CFG['prefix']}/sbin/gnt-backup" if CFG.get("prefix") else which
     if which != ours:
         raise QAError(f"gnt-backup on PATH is {which!r}, not {ours!r}")
+    if os.path.realpath(ours) == os.path.realpath(real):
+        raise QAError(f"gnt-backup on PATH ({which}) is Ganeti's own, not the extension")
     assert_command([ours, "export", "-n", n, "qa-vbox"])
     for args in (["list"], ["list", "--no-headers"], ["import", "--help"], ["bogus"]):
         a, b = run([ours, *args]), run([real, *args])

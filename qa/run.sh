@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # QA against a real throw-away Ganeti 3.0 cluster of QA_NODES nodes (default 3)
-# on this machine (qa/cluster.sh): installs ganeti-ovf into a throw-away
-# prefix (install_plugin; its sbin first on PATH, as /usr/local/sbin is on a
-# node), runs qa/qa_ovf.py inside the master node with a config naming the
+# on this machine (qa/cluster.sh): installs ganeti-ovf the way operators do,
+# as the .deb built from this tree (install_plugin: qa/deb.sh build + install;
+# it diverts /usr/sbin/gnt-backup, shared by every node namespace, and is
+# purged again at the end), or with QA_INSTALL=prefix by tools/install.sh into
+# a throw-away prefix (its sbin first on PATH, as /usr/local/sbin is), runs
+# qa/qa_ovf.py inside the master node with a config naming the
 # cluster's nodes, templates and an adopted loop device, and always tears
 # everything down again, also when a scenario fails or it is interrupted.
 # The last line is the summary:
@@ -17,10 +20,22 @@ prefix=$(mktemp -d /tmp/ganeti-ovf-qa-prefix.XXXXXX)
 summary=$prefix.summary
 config=$prefix.json
 
-# The plugin install step (to be switched to the .deb): one function each.
-install_plugin() { tools/install.sh --prefix "$prefix" >/dev/null; }
+# The plugin install step: one function each.
+INSTALL=${QA_INSTALL:-deb}
+prefix_arg=()
+install_plugin() {
+  if [[ $INSTALL == deb ]]; then
+    local deb; deb=$(qa/deb.sh build); qa/deb.sh install "$deb"
+  else
+    tools/install.sh --prefix "$prefix" >/dev/null; prefix_arg=(--prefix "$prefix")
+  fi
+}
 remove_plugin() {
-  tools/install.sh --prefix "$prefix" --uninstall >/dev/null 2>&1 || true
+  if [[ $INSTALL == deb ]]; then
+    qa/deb.sh purge || true
+  else
+    tools/install.sh --prefix "$prefix" --uninstall >/dev/null 2>&1 || true
+  fi
   rm -rf "$prefix"
 }
 
@@ -68,5 +83,5 @@ cfg.update(name="cluster.ovfqa.test", nodes=nodes, **{
     "intrusive": True})
 json.dump(cfg, open(sys.argv[1], "w"), indent=1)
 PY
-run_bg qa/cluster.sh run /usr/bin/python3 qa/qa_ovf.py --prefix "$prefix" \
+run_bg qa/cluster.sh run /usr/bin/python3 qa/qa_ovf.py "${prefix_arg[@]}" \
   --config "$config" --summary "$summary" "$@"
