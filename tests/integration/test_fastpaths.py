@@ -1,0 +1,174 @@
+"""The fast paths of export and import against real qemu-img: our own
+streamOptimized VMDK writer, the sparse-I/O module, and their edge sizes
+(not a multiple of the 64 KiB grain or of 512 bytes, all holes, all data).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ganeti_ovf import sparse, vmdkwriter
+from ganeti_ovf.errors import DiskImageError
+
+pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+
+MIB = 1 << 20
+GRAIN = vmdkwriter.GRAIN
+
+
+def make_raw(path: Path, size: int, *, full: bool = False, seed: int = 9) -> Path:
+    """A raw disk: holes with random and text extents, or data everywhere."""
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        if full:
+            f.write(rng.randbytes(size // 2) + b"text line\n" * ((size - size // 2) // 10))
+            f.write(b"!" * (size - f.tell()))
+            return path
+        for off in (0, 70_000, 5 * MIB + 3, size - 1000):
+            if 0 <= off < size:
+                f.seek(off)
+                n = min(200_000, size - off)
+                f.write((rng.randbytes(n // 2) + b"0123456789" * n)[:n])
+        f.seek(40 * MIB)
+        if size > 40 * MIB + GRAIN:  # a run of zeros that is data, not a hole
+            f.write(bytes(3 * GRAIN))
+    return path
+
+
+def write_vmdk(src: Path, dest: Path, size: int | None = None, **kw) -> int:
+    size = os.path.getsize(src) if size is None else size
+    fd = sparse.open_source(str(src), size, src.name)
+    try:
+        with open(dest, "wb") as out:
+            return vmdkwriter.write_stream_optimized(fd, size, out.write,
+                                                     extent_name=dest.name, label=src.name,
+                                                     **kw)
+    finally:
+        os.close(fd)
+
+
+def back_to_raw(vmdk: Path, tmp: Path) -> bytes:
+    out = tmp / (vmdk.name + ".back")
+    subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(vmdk), str(out)],
+                   check=True)
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("size", [
+    MIB, 3 * MIB + 1000, 64 * MIB + 512, 45 * MIB + 7, GRAIN - 1, 512, 1,
+], ids=lambda s: f"{s}B")
+def test_vmdk_round_trip_is_byte_equal(tmp_path, size):
+    src = make_raw(tmp_path / "d.raw", size)
+    vmdk = tmp_path / "d.vmdk"
+    n = write_vmdk(src, vmdk)
+    assert n == vmdk.stat().st_size and n % 512 == 0
+    assert n <= vmdkwriter.stored_bound(size)
+    check = subprocess.run(["qemu-img", "check", "-f", "vmdk", str(vmdk)],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    back = back_to_raw(vmdk, tmp_path)
+    data = src.read_bytes()
+    # qemu rounds the capacity up to whole sectors, as for any raw image.
+    assert len(back) == -(-size // 512) * 512
+    assert back[:size] == data and not any(back[size:])
+
+
+def test_vmdk_fully_populated_and_compare(tmp_path):
+    src = make_raw(tmp_path / "full.raw", 5 * MIB + 4096, full=True)
+    vmdk = tmp_path / "full.vmdk"
+    write_vmdk(src, vmdk, workers=2)
+    subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "vmdk", str(src), str(vmdk)],
+                   check=True, capture_output=True)
+
+
+def test_vmdk_layout_is_a_stream(tmp_path):
+    """Header says GD_AT_END; grains, then tables, directory, footer, EOS."""
+    src = make_raw(tmp_path / "d.raw", 70 * MIB)
+    vmdk = tmp_path / "d.vmdk"
+    write_vmdk(src, vmdk)
+    d = vmdk.read_bytes()
+    assert d[:4] == b"KDMV"
+    magic, version, flags, cap, grain, doff, dsize, gtes, _rgd, gd, over = \
+        struct.unpack_from("<IIIQQQQIQQQ", d)
+    assert (version, flags, grain, gtes, gd) == (3, 0x30001, 128, 512, 2**64 - 1)
+    assert cap == 70 * MIB // 512 and over == 128
+    desc = d[doff * 512:(doff + dsize) * 512].rstrip(b"\0").decode()
+    assert 'createType="streamOptimized"' in desc
+    assert f'RW {cap} SPARSE "d.vmdk"' in desc
+    assert 'ddb.adapterType = "lsilogic"' in desc and "ddb.virtualHWVersion" in desc
+    # the tail: footer marker + footer (gd set), then the end-of-stream marker
+    assert d[-512:] == bytes(512)
+    footer = d[-1024:-512]
+    assert footer[:4] == b"KDMV"
+    gd_off = struct.unpack_from("<Q", footer, 56)[0]
+    assert gd_off != 2**64 - 1
+    assert struct.unpack_from("<QII", d, (gd_off - 1) * 512) == (1, 0, 2)  # GD marker
+    # three tables (70 MiB / 32 MiB), each after its grains; 32-64 MiB holds
+    # only written zeros, which are left out: no table at all
+    directory = struct.unpack_from("<3I", d, gd_off * 512)
+    assert directory[0] and directory[2] > directory[0] and directory[1] == 0
+
+
+def test_vmdk_all_holes_is_tiny(tmp_path):
+    src = tmp_path / "empty.raw"
+    with open(src, "wb") as f:
+        f.truncate(10 * MIB)
+    vmdk = tmp_path / "empty.vmdk"
+    assert write_vmdk(src, vmdk) < 128 * 1024
+    assert back_to_raw(vmdk, tmp_path) == bytes(10 * MIB)
+
+
+def test_vmdk_reads_only_up_to_the_disk_size(tmp_path):
+    src = make_raw(tmp_path / "d.raw", 8 * MIB, full=True)
+    vmdk = tmp_path / "d.vmdk"
+    write_vmdk(src, vmdk, size=3 * MIB)
+    assert back_to_raw(vmdk, tmp_path) == src.read_bytes()[:3 * MIB]
+
+
+def test_source_smaller_than_the_disk_is_an_error(tmp_path):
+    src = make_raw(tmp_path / "d.raw", MIB)
+    with pytest.raises(DiskImageError, match=f"is {MIB} bytes, smaller than the disk size "
+                                             f"{2 * MIB}"):
+        sparse.open_source(str(src), 2 * MIB, "d.raw")
+
+
+def test_sparse_readers_see_the_same_bytes(tmp_path):
+    size = 9 * MIB + 333
+    src = make_raw(tmp_path / "d.raw", size)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        joined = b"".join(sparse.blocks(fd, size, "d.raw", bufsize=300_000))
+        windows = list(sparse.data_windows(fd, size, MIB))
+        extents = list(sparse.data_extents(fd, 0, size))
+    finally:
+        os.close(fd)
+    data = src.read_bytes()
+    assert joined == data
+    assert windows == sorted(set(windows)) and all(w % MIB == 0 for w in windows)
+    for w in range(0, size, MIB):  # every window left out is zeros
+        if w not in windows:
+            assert not any(data[w:w + MIB])
+    assert sparse.allocated(str(src)) == sum(n for _, n in extents)
+    if sparse.allocated(str(src)) < size:  # the file system keeps holes
+        assert len(windows) < -(-size // MIB)
+
+
+def test_sparse_file_writes_zero_runs_as_holes(tmp_path):
+    out = sparse.SparseFile(str(tmp_path / "o"))
+    out.write(b"x" * 4096)
+    out.write(bytes(MIB))
+    out.write(b"y" * 100)
+    assert out.close() == 4096 + MIB + 100
+    data = (tmp_path / "o").read_bytes()
+    assert data == b"x" * 4096 + bytes(MIB) + b"y" * 100
+    st = os.stat(tmp_path / "o")
+    if sparse.allocated(str(tmp_path / "o")) < st.st_size:
+        assert st.st_blocks * 512 < MIB
