@@ -204,3 +204,49 @@ def test_qcow2_round_trip_is_byte_equal(tmp_path, size, full):
     got, data = back.read_bytes(), src.read_bytes()
     assert len(got) == -(-size // 512) * 512
     assert got[:size] == data and not any(got[size:])
+
+
+# ------------------------------------------------------------------ import
+
+def _import_req(os_path, **kw):
+    from ganeti_ovf.importer import ImportRequest
+    return ImportRequest(os_search_path=os_path, use_cluster=False, os_name="noop", **kw)
+
+
+@pytest.mark.parametrize("ova", [False, True], ids=["dir", "ova"])
+def test_several_disks_convert_in_parallel_byte_equal(build, tmp_path, os_path, ova):
+    from make_fixtures import Appliance, DiskSpec
+
+    from ganeti_ovf.importer import import_package
+    app = Appliance(name="par", disks=[DiskSpec(3 * MIB + 512, "vmdk", seed=1),
+                                       DiskSpec(2 * MIB, "qcow2", seed=2),
+                                       DiskSpec(MIB + 4096, "raw", seed=3),
+                                       DiskSpec(5 * MIB, "vmdk", seed=4)])
+    pkg, raws = build(app, ova=ova)
+    res = import_package(pkg, str(tmp_path / "out"), _import_req(os_path))
+    for i, raw in enumerate(raws):
+        got = (Path(res.path) / f"disk{i}.raw").read_bytes()
+        assert got[:len(raw)] == raw and not any(got[len(raw):])
+
+
+def test_tampered_disk_found_while_converting_leaves_nothing(build, tmp_path, os_path, mocker):
+    """A raw disk with one byte changed converts fine; its digest, taken at
+    the same time, stops the import before anything is published."""
+    from make_fixtures import Appliance, DiskSpec
+
+    from ganeti_ovf import disks as diskmod
+    from ganeti_ovf.errors import IntegrityError
+    from ganeti_ovf.importer import import_package
+    pkg, _ = build(Appliance(name="tam", disks=[DiskSpec(2 * MIB, "vmdk"),
+                                               DiskSpec(2 * MIB, "raw", seed=5)]), ova=False)
+    disk = Path(pkg).parent / "tam-disk2.raw"
+    data = bytearray(disk.read_bytes())
+    data[1000] ^= 0xFF
+    disk.write_bytes(bytes(data))
+    convert = mocker.spy(diskmod, "convert_to_raw")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(IntegrityError, match="digest of 'tam-disk2.raw' does not match"):
+        import_package(pkg, str(out), _import_req(os_path))
+    assert convert.call_count == 2  # converted, then refused: no second pass
+    assert os.listdir(out) == []
