@@ -41,7 +41,7 @@ class Written:
 
 
 class Output(Protocol):
-    """Where one package file's bytes go: a _SparseFile or an OVA member."""
+    """Where one package file's bytes go: a sparse.SparseFile or an OVA member."""
 
     def write(self, data: bytes | memoryview) -> int: ...
 
