@@ -555,7 +555,7 @@ def _produce(pkg: Package, job: _DiskJob, workdir: str,
     name = job.ref.href
     if job.src is not None and job.fmt is not None:
         progress(f"disk {job.index}: {name} ({job.fmt}) -> {dump}")
-        diskmod.convert_to_raw(job.src, job.fmt, dest, name=name)
+        diskmod.convert_to_raw(job.src, job.fmt, dest, name=name, inspected=True)
     else:
         assert job.disk is not None
         tmp = os.path.join(workdir, f".disk{job.index}.stream")
@@ -571,7 +571,7 @@ def _produce(pkg: Package, job: _DiskJob, workdir: str,
             if fmt == "raw":
                 os.rename(tmp, dest)  # already the raw bytes: no second copy
             else:
-                diskmod.convert_to_raw(src, fmt, dest, name=name)
+                diskmod.convert_to_raw(src, fmt, dest, name=name, inspected=True)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

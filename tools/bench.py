@@ -14,7 +14,10 @@ floor's median in the same run, CPU (user+sys of the tree), peak RSS of
 the process tree (sampled from /proc), peak extra disk (allocated blocks
 under the case's scratch directory, sampled; TMPDIR points there too, so
 temporary files count) and the final output (apparent size, and
-allocated).  Ratios, not seconds, are the result.
+allocated).  Ratios, not seconds, are the result.  Dirty pages are
+flushed before each run (not timed); qemu-img does not fsync its output,
+ganeti-ovf does before it renames the package into place (an export's
+wall includes that).
 
     tools/bench [--size GIB] [--repeat N] [--json] [--work DIR] [--no-upstream]
 """
@@ -398,6 +401,7 @@ def main() -> int:
                     continue
                 scratch = os.path.join(work, "run")
                 os.makedirs(scratch)
+                os.sync()  # no case pays for the previous one's dirty pages
                 try:
                     c.runs.append(measure(c.cmd, scratch, os.path.join(scratch, c.out),
                                           dict(os.environ, **c.env)))
