@@ -30,6 +30,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -385,6 +386,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="run only cases whose name contains this "
                     "(floors always run)")
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on kill too
     size = int(a.size * 1024) * MIB
     work = tempfile.mkdtemp(prefix="ovf-bench-", dir=a.work)
     upstream = not a.no_upstream and os.path.exists(UPSTREAM)
