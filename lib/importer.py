@@ -8,10 +8,12 @@ converts them; output goes to a staging sibling renamed at the very end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import re
+import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -484,6 +486,21 @@ class _Digests:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _stop_children() -> None:
+    """SIGTERM our own child processes (the conversions the worker threads
+    wait for), so an interrupt does not wait for them to finish."""
+    pids: set[int] = set()
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+    except OSError:
+        return
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+
 def _file_names(pkg: Package, env: Envelope) -> frozenset[str]:
     """Manifest names of every member holding a referenced file."""
     names: set[str] = set()
@@ -634,9 +651,11 @@ def _convert(pkg: Package, env: Envelope, package: str, output_dir: str, req: Im
             futures = [pool.submit(_produce, pkg, job, work, progress) for job in jobs]
             try:
                 done = [f.result() for f in futures]
-            except BaseException:
+            except BaseException as e:
                 for f in futures:
                     f.cancel()
+                if not isinstance(e, Exception):  # Ctrl-C, SIGTERM: do not wait for them
+                    _stop_children()
                 raise
         digests.check()  # before anything is published
         produced = [dataclasses.replace(d, name=names[j.index] if j.index < len(names)

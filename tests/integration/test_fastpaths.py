@@ -316,3 +316,34 @@ def test_instance_disk_larger_than_its_size_is_read_up_to_it(tmp_path, os_path):
                                         f"{size}"):
         export_config(cfg, [str(small)], str(tmp_path / "out2"), ExportRequest(ova=True))
     assert not (tmp_path / "out2").exists() or os.listdir(tmp_path / "out2") == []
+
+
+def test_interrupt_stops_parallel_conversions_at_once(build, tmp_path, os_path, monkeypatch):
+    """Ctrl-C while two disks convert on worker threads: their qemu-img
+    processes are stopped, not waited for, and nothing is left."""
+    import signal
+    import threading
+    import time
+
+    from make_fixtures import Appliance, DiskSpec
+
+    from ganeti_ovf import disks as diskmod
+    from ganeti_ovf.importer import import_package
+    slow = tmp_path / "qemu-img"
+    slow.write_text("#!/bin/sh\n[ \"$1\" = convert ] && exec sleep 120\n"
+                    "exec /usr/bin/qemu-img \"$@\"\n")
+    slow.chmod(0o755)
+    pkg, _ = build(Appliance(name="ci", disks=[DiskSpec(MIB, "vmdk"), DiskSpec(MIB, "qcow2")]))
+    monkeypatch.setattr(diskmod, "QEMU_IMG", str(slow))
+    out = tmp_path / "out"
+    out.mkdir()
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            import_package(pkg, str(out), _import_req(os_path))
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 30
+    assert os.listdir(out) == []
