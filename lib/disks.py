@@ -24,7 +24,6 @@ same rules:
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from . import sparse
 from .errors import DiskImageError
 from .model import ByteRange
 
@@ -632,47 +632,12 @@ def inspect(src: ByteRange, *, name: str) -> tuple[str, ImageInfo]:
     return fmt, info
 
 
-def _raw_data_bytes(src: ByteRange) -> int:
-    end = src.offset + src.size
-    total = 0
-    try:
-        fd = os.open(src.path, os.O_RDONLY)
-    except OSError:
-        return src.size
-    try:
-        pos = src.offset
-        while pos < end:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole remains; others: no support
-                return total if pos > src.offset else (0 if _no_data(fd, pos) else src.size)
-            if data >= end:
-                break
-            try:
-                hole = os.lseek(fd, data, os.SEEK_HOLE)
-            except OSError:
-                hole = end
-            total += min(hole, end) - data
-            pos = hole
-    finally:
-        os.close(fd)
-    return total
-
-
-def _no_data(fd: int, pos: int) -> bool:
-    try:
-        os.lseek(fd, pos, os.SEEK_DATA)
-    except OSError as e:
-        return e.errno == errno.ENXIO
-    return False
-
-
 def data_bytes(src: ByteRange, fmt: str, *, name: str) -> int:
     """Bytes of guest data the image holds (its allocated extents), an upper
     bound of what its sparse raw conversion occupies.  For raw, the range's
     data (SEEK_DATA/SEEK_HOLE: holes of a sparse file or OVA do not count)."""
     if fmt == "raw":
-        return _raw_data_bytes(src)
+        return sparse.allocated(src.path, src.offset, src.size)
     spec, _ = _spec(src, fmt, name)
     out = _run(["map", "-f", fmt, "--output=json", spec], name=name, limits=_CHECK_LIMITS)
     try:
@@ -682,17 +647,21 @@ def data_bytes(src: ByteRange, fmt: str, *, name: str) -> int:
         raise DiskImageError(f"qemu-img map gave no usable answer: {e}", name) from e
 
 
-def convert_to_raw(src: ByteRange, fmt: str, dest: str, *, name: str) -> None:
+def convert_to_raw(src: ByteRange, fmt: str, dest: str, *, name: str,
+                   inspected: bool = False) -> None:
     """Write the image's guest-visible bytes to a new sparse raw file ``dest``.
 
     Runs info, check_safe and check_image first, so no caller can convert
-    an unsafe image by forgetting a step.  Zero runs become holes (qemu's
+    an unsafe image by forgetting a step; ``inspected`` says the caller has
+    just run :func:`inspect` on this very range (the importer does, before
+    planning), which saves two qemu-img runs per disk.  Zero runs become holes (qemu's
     default ``-S 4k`` on a freshly created raw file).  No ``-W``: qemu
     recommends out-of-order writes only for preallocated block devices, and
     on a sparse file they fragment it.
     """
-    check_safe(image_info(src, fmt, name=name), name=name)
-    check_image(src, fmt, name=name)
+    if not inspected:
+        check_safe(image_info(src, fmt, name=name), name=name)
+        check_image(src, fmt, name=name)
     spec, _ = _spec(src, fmt, name)
     _run(
         ["convert", "-q", "-f", fmt, "-O", "raw", spec, os.path.abspath(dest)],

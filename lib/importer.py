@@ -8,15 +8,19 @@ converts them; output goes to a staging sibling renamed at the very end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import re
+import signal
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import disks as diskmod
-from . import integrity, oslist
+from . import integrity, oslist, sparse
 from .descriptor.reader import parse_descriptor
 from .errors import (
     DescriptorError,
@@ -98,6 +102,7 @@ class PackageCheck:
     certificate: integrity.CertInfo | None = None
     problems: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    deferred: tuple[integrity.ManifestEntry, ...] = ()  # digests left to the caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +125,16 @@ def _small_member(pkg: Package, m, what: str) -> bytes:
 
 
 def check_package(pkg: Package, env: Envelope | None = None, *,
-                  collect: bool = False) -> PackageCheck:
+                  collect: bool = False, defer: frozenset[str] = frozenset()) -> PackageCheck:
     """Verify the manifest and certificate.
 
     A manifest must list every file the descriptor references (each chunk
     of a chunked file), and its digests must match; a certificate must
     sign the manifest (a certificate without a manifest protects nothing
     and is refused).  With ``collect`` every problem is returned
-    (``verify``); otherwise the first one raises IntegrityError.
+    (``verify``); otherwise the first one raises IntegrityError.  Digests
+    of the members named in ``defer`` are not computed here but returned
+    as ``deferred``: the importer checks them while it converts.
     """
     problems: list[str] = []
 
@@ -146,11 +153,15 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
     mf_bytes = _small_member(pkg, mf, "manifest")
     manifest = integrity.parse_manifest(mf_bytes, path=mf.label or mf.name)
     verified = []
+    deferred = []
     for entry in manifest.entries:
         try:
             m = pkg.get(entry.filename)
         except PackageError:
             problem(f"manifest lists {entry.filename!r}, which is not in the package")
+            continue
+        if entry.filename in defer:
+            deferred.append(entry)
             continue
         try:
             got = integrity.digest_file(m.container, entry.algorithm, m.offset, m.size)
@@ -186,7 +197,7 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
         manifest=mf.name,
         algorithms=tuple(sorted({e.algorithm for e in manifest.entries})),
         verified=tuple(verified), certificate=cert, problems=tuple(problems),
-        warnings=tuple(warnings),
+        warnings=tuple(warnings), deferred=tuple(deferred),
     )
 
 
@@ -431,14 +442,86 @@ def _stream_to_file(pkg: Package, disk: Disk, dest: str) -> None:
         raise PackageError(f"file {ref.href!r} is compressed or chunked but its disk "
                            "declares no capacity to bound it", pkg.path)
     limit = disk.capacity + disk.capacity // 10 + STREAM_SLACK
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
+    out = sparse.SparseFile(dest)
+    try:
         for block in pkg.open_stream(ref, limit=limit):
-            if block.count(0) == len(block):
-                out.seek(len(block), os.SEEK_CUR)  # keep holes
-            else:
-                out.write(block)
-        out.truncate()
+            out.write(block)
+    finally:
+        out.close()
+
+
+class _Digests:
+    """The manifest digests of the disk files, computed on worker threads
+    while the disks are inspected and converted (one read each, at the
+    speed of the other core), instead of in a pass of their own before.
+    :meth:`check` waits for them: the output is published only after every
+    digest matched.  Holes of a member are not read (:mod:`sparse`)."""
+
+    def __init__(self, pkg: Package, entries: Sequence[integrity.ManifestEntry]) -> None:
+        self._pkg = pkg
+        self._stop = threading.Event()
+        workers = max(1, min(len(entries), os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="digest")
+        self._jobs = [(e, self._pool.submit(self._digest, e)) for e in entries]
+
+    def _digest(self, entry: integrity.ManifestEntry) -> str:
+        m = self._pkg.get(entry.filename)
+        hasher = integrity.new_hasher(entry.algorithm)
+        try:
+            fd = os.open(m.container, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise PackageError(f"{entry.filename!r}: cannot read: {e.strerror}",
+                               self._pkg.path) from e
+        try:
+            for block in sparse.blocks(fd, m.size, entry.filename, start=m.offset):
+                if self._stop.is_set():
+                    return ""
+                hasher.update(block)
+        except DiskImageError as e:
+            raise IntegrityError(f"{entry.filename!r}: {e.problem}", self._pkg.path) from e
+        finally:
+            os.close(fd)
+        return hasher.hexdigest()
+
+    def check(self) -> None:
+        """Wait for every digest; IntegrityError on the first mismatch."""
+        for entry, future in self._jobs:
+            got = future.result()
+            if got != entry.digest:
+                raise IntegrityError(
+                    f"{entry.algorithm} digest of {entry.filename!r} does not match the "
+                    f"manifest (got {got}, manifest says {entry.digest})", self._pkg.path)
+
+    def close(self) -> None:
+        """Stop early (on an error or Ctrl-C) and free the threads."""
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop_children() -> None:
+    """SIGTERM our own child processes (the conversions the worker threads
+    wait for), so an interrupt does not wait for them to finish."""
+    pids: set[int] = set()
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+    except OSError:
+        return
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _file_names(pkg: Package, env: Envelope) -> frozenset[str]:
+    """Manifest names of every member holding a referenced file."""
+    names: set[str] = set()
+    for ref in env.files:
+        try:
+            names.update(m.name for m in pkg.file_members(ref))
+        except PackageError:
+            continue  # reported where the file is used
+    return frozenset(names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,7 +585,7 @@ def _produce(pkg: Package, job: _DiskJob, workdir: str,
     if job.src is not None and job.fmt is not None:
         progress(f"disk {job.index}: {name} ({job.fmt}) -> {dump}")
         with meter(progress, job.index, name, job.src.size, watch=dest):
-            diskmod.convert_to_raw(job.src, job.fmt, dest, name=name)
+            diskmod.convert_to_raw(job.src, job.fmt, dest, name=name, inspected=True)
     else:
         assert job.disk is not None
         tmp = os.path.join(workdir, f".disk{job.index}.stream")
@@ -520,7 +603,7 @@ def _produce(pkg: Package, job: _DiskJob, workdir: str,
                 os.rename(tmp, dest)  # already the raw bytes: no second copy
             else:
                 with meter(progress, job.index, name, src.size, watch=dest):
-                    diskmod.convert_to_raw(src, fmt, dest, name=name)
+                    diskmod.convert_to_raw(src, fmt, dest, name=name, inspected=True)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -533,38 +616,67 @@ def import_package(package: str, output_dir: str, req: ImportRequest = ImportReq
     """Convert ``package`` into ``output_dir/NAME``; returns where and what.
 
     Nothing is written before every check passed: manifest and certificate,
-    descriptor, OS, every disk image, free space.
+    descriptor, OS, every disk image, free space.  The disk files' digests
+    are computed while the disks convert, and the output is published
+    only once they matched; a mismatch also explains any failure it
+    caused on the way (a damaged image), so it is reported first.
     """
     with open_package(package) as pkg:
         env = load_envelope(pkg, configuration=req.configuration)
+        deferred: tuple[integrity.ManifestEntry, ...] = ()
         if req.verify:
-            check = check_package(pkg, env)
+            check = check_package(pkg, env, defer=_file_names(pkg, env))
+            deferred = check.deferred
             for w in check.warnings:
                 log.warning("%s: %s", package, w)
             if check.certificate is not None:
                 line, alarming = describe_certificate(check.certificate)
                 (log.warning if alarming else log.info)("%s: %s", package, line)
-        vs = choose_system(env, req.vsys, path=package)
-        cfg, plan, warnings = plan_config(env, vs, req, path=package)
-        for w in warnings:
-            log.warning("%s: %s", package, w)
-        jobs = [_inspect(pkg, disk, size, i) for i, (disk, size) in enumerate(plan)]
-        names = gnt_disk_names(vs)
-        # Everything config.ini will hold is known now: refuse what it cannot
-        # hold (control characters, too many disks) before converting.
-        render_config(dataclasses.replace(cfg, disks=tuple(
-            ExportDisk(size=j.size, dump="d", name=names[j.index] if j.index < len(names)
-                       else None) for j in jobs)))
-        dest = os.path.join(output_dir, cfg.name)
-        check_free_space(output_dir, sum(j.need for j in jobs) + (1 << 20), "the import")
-        with staging(dest) as work:
-            produced = []
-            for job in jobs:
-                d = _produce(pkg, job, work, progress)
-                i = job.index
-                produced.append(dataclasses.replace(d, name=names[i] if i < len(names) else None))
-            cfg = dataclasses.replace(cfg, disks=tuple(produced))
-            write_config(work, cfg)
+        digests = _Digests(pkg, deferred)
+        try:
+            try:
+                return _convert(pkg, env, package, output_dir, req, digests, progress)
+            except OvfError:
+                digests.check()  # a mismatch is the better explanation
+                raise
+        finally:
+            digests.close()
+
+
+def _convert(pkg: Package, env: Envelope, package: str, output_dir: str, req: ImportRequest,
+             digests: _Digests, progress: Callable[[str], None]) -> ImportResult:
+    vs = choose_system(env, req.vsys, path=package)
+    cfg, plan, warnings = plan_config(env, vs, req, path=package)
+    for w in warnings:
+        log.warning("%s: %s", package, w)
+    jobs = [_inspect(pkg, disk, size, i) for i, (disk, size) in enumerate(plan)]
+    names = gnt_disk_names(vs)
+    # Everything config.ini will hold is known now: refuse what it cannot
+    # hold (control characters, too many disks) before converting.
+    render_config(dataclasses.replace(cfg, disks=tuple(
+        ExportDisk(size=j.size, dump="d", name=names[j.index] if j.index < len(names)
+                   else None) for j in jobs)))
+    dest = os.path.join(output_dir, cfg.name)
+    check_free_space(output_dir, sum(j.need for j in jobs) + (1 << 20), "the import")
+    with staging(dest) as work:
+        # Disks convert in parallel (qemu-img is a process of its own each).
+        busy = [j for j in jobs if j.ref is not None]
+        workers = max(1, min(len(busy), os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
+            futures = [pool.submit(_produce, pkg, job, work, progress) for job in jobs]
+            try:
+                done = [f.result() for f in futures]
+            except BaseException as e:
+                for f in futures:
+                    f.cancel()
+                if not isinstance(e, Exception):  # Ctrl-C, SIGTERM: do not wait for them
+                    _stop_children()
+                raise
+        digests.check()  # before anything is published
+        produced = [dataclasses.replace(d, name=names[j.index] if j.index < len(names)
+                                        else None) for j, d in zip(jobs, done, strict=True)]
+        cfg = dataclasses.replace(cfg, disks=tuple(produced))
+        write_config(work, cfg)
     return ImportResult(path=dest, config=cfg, warnings=tuple(warnings))
 
 

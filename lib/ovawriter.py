@@ -16,8 +16,8 @@ cannot leave room for members filled in later.  So the writer is ours:
   them); :meth:`OvaWriter.fill` writes them, padded to the reserved size.
 * :meth:`OvaWriter.open_member` streams a member of unknown size; its
   header is patched when it is closed (the file is ours and seekable).
-* Runs of zeros in member data are skipped with a seek, so the OVA is as
-  sparse on disk as the data allows; the archive reads the same.
+* Runs of zeros in member data are skipped with a seek (:mod:`sparse`), so
+  the OVA is as sparse on disk as the data allows; the archive reads the same.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import PackageError
+from .sparse import all_zero, pwrite_all
 
 __all__ = [
     "BLOCK",
@@ -45,45 +46,6 @@ BLOCK = 512
 RECORD = 20 * BLOCK  # tar's default blocking factor; the archive ends on a record
 NAME_MAX = 100  # ustar name field; longer names need a prefix split or pax
 USTAR_SIZE_MAX = 8**11 - 1  # 11 octal digits: 8 GiB - 1
-_ZERO_MIN = 4096  # zero runs at least this long become holes
-
-
-def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int, path: str) -> None:
-    """Write all of ``data`` at ``offset`` (pwrite may write less)."""
-    view = memoryview(data).cast("B")
-    try:
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view = view[n:]
-            offset += n
-    except OSError as e:
-        raise PackageError(f"cannot write: {e.strerror}", path) from e
-
-
-def all_zero(data: bytes | bytearray | memoryview) -> bool:
-    """Whether ``data`` is at least 4 KiB of zeros: worth a hole, not a write."""
-    n = len(data)
-    if n < _ZERO_MIN:
-        return False
-    view = memoryview(data).cast("B")
-    # A sparse sample first, so data is rejected without a full compare;
-    # then compare as bytes (memcmp): memoryview == bytes goes item by item.
-    if any(view[:: _ZERO_MIN // 8]):
-        return False
-    raw = data if isinstance(data, bytes) else view.tobytes()
-    return raw == _zeros(n)
-
-
-_ZERO_CACHE: dict[int, bytes] = {}
-
-
-def _zeros(n: int) -> bytes:
-    z = _ZERO_CACHE.get(n)
-    if z is None:
-        z = bytes(n)
-        if len(_ZERO_CACHE) < 8:
-            _ZERO_CACHE[n] = z
-    return z
 
 
 def _octal(value: int, width: int) -> bytes:

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
 
-from ganeti_ovf import cli, report
+from ganeti_ovf import cli, report, sparse, vmdkwriter
 from ganeti_ovf import disks as diskmod
 from ganeti_ovf.errors import DiskImageError, ExportDirError, PackageError, UsageError
 from ganeti_ovf.exportdir import read_config
@@ -519,16 +519,17 @@ def test_dump_outside_the_export_directory_is_refused(tmp_path, dump):
 @pytest.mark.parametrize("ova", [False, True], ids=["dir", "ova"])
 def test_ctrl_c_during_second_conversion_leaves_nothing(tmp_path, mocker, ova):
     export = make_export(tmp_path, SAMPLES / "multi" / "config.ini")
-    real = diskmod.convert_from_raw
+    real = vmdkwriter.write_stream_optimized
     calls = []
 
-    def convert(*a, **kw):
-        calls.append(a)
-        if len(calls) == 2:
+    def encode(fd, size, write, **kw):
+        calls.append(size)
+        if len(calls) == 2:  # half way through the second disk's bytes
+            write(b"x" * 4096)
             raise KeyboardInterrupt
-        return real(*a, **kw)
+        return real(fd, size, write, **kw)
 
-    mocker.patch.object(diskmod, "convert_from_raw", side_effect=convert)
+    mocker.patch.object(vmdkwriter, "write_stream_optimized", side_effect=encode)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(KeyboardInterrupt):
@@ -537,12 +538,27 @@ def test_ctrl_c_during_second_conversion_leaves_nothing(tmp_path, mocker, ova):
     assert leftovers(out) == []
 
 
-def test_qemu_img_failure_leaves_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fmt", ["vmdk", "qcow2", "raw"])
+def test_read_failure_leaves_nothing_and_no_qemu_img_runs(tmp_path, monkeypatch, mocker, fmt):
     export = make_export(tmp_path, SAMPLES / "multi" / "config.ini")
-    monkeypatch.setattr(diskmod, "QEMU_IMG", "/bin/false")
+    monkeypatch.setattr(diskmod, "QEMU_IMG", "/bin/false")  # export never needs it
+    ok = export_package(str(export), str(tmp_path / "ok"),
+                        ExportRequest(ova=True, compress=True, disk_format=fmt))
+    assert os.path.getsize(ok.path) > 0
+    real = sparse.read_exact
+    reads = []
+
+    def read(*a, **kw):
+        reads.append(a)
+        if len(reads) == 2:
+            raise DiskImageError("ended at 1048576 bytes while being read", "disk1")
+        return real(*a, **kw)
+
+    mocker.patch.object(sparse, "read_exact", side_effect=read)
     out = tmp_path / "out"
-    with pytest.raises(DiskImageError, match="qemu-img convert exited with code 1"):
-        export_package(str(export), str(out), ExportRequest(ova=True, compress=True))
+    with pytest.raises(DiskImageError, match="while being read"):
+        export_package(str(export), str(out), ExportRequest(ova=True, compress=True,
+                                                            disk_format=fmt))
     assert leftovers(out) == []
 
 
