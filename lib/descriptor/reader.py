@@ -4,7 +4,8 @@ Lenient: real tools write descriptors that fail their own schema (vendor
 sections, element order, odd namespaces), and the tools that made them read
 them fine; we read them too and record what we could not use in
 ``Envelope.warnings``.  Safe: the XML parser never loads a DTD, never
-expands entities, never touches the network.
+expands entities, never touches the network; a DOCTYPE that declares
+entities is refused outright (as defusedxml does), before parsing.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def parse_xml(data: bytes, *, path: str | None = None) -> etree._Element:
     A file that declares UTF-16 but is really 8-bit (XenCenter does this)
     is read again as UTF-8: that is what the producing tool meant.
     """
+    _refuse_entity_declarations(data, path)
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as e:
@@ -67,8 +69,51 @@ def parse_xml(data: bytes, *, path: str | None = None) -> etree._Element:
         raise DescriptorError(f"not readable as XML: {e}", path) from e
     if root is None:
         raise DescriptorError("empty XML document", path)
+    _check_declared_entities(root, path)
     _check_depth(root, path)
     return root
+
+
+# A DOCTYPE, then an entity declaration after it, in the encodings real
+# descriptors use (UTF-8 and its ASCII subsets, UTF-16 either way round).
+_ENTITY_MARKS = tuple(("<!DOCTYPE".encode(enc), "<!ENTITY".encode(enc))
+                      for enc in ("utf-8", "utf-16-le", "utf-16-be"))
+_ENTITY_NAME = re.compile(rb"<!ENTITY\s+(%\s*)?([^\s\"'>]{1,80})")
+
+
+def _entities_refused(name: str | None, path: str | None) -> DescriptorError:
+    what = f" ({name})" if name else ""
+    return DescriptorError(f"the DOCTYPE declares entities{what}; entity declarations are "
+                           "refused (a package has no use for them)", path)
+
+
+def _refuse_entity_declarations(data: bytes, path: str | None) -> None:
+    """Refuse ``<!ENTITY`` (general or parameter) in a DOCTYPE before
+    libxml2 sees it: a declaration is only ever a bomb, a probe for local
+    files or a way to hide text, and even unexpanded it costs parse time.
+    A plain DOCTYPE (no internal subset, or only element declarations)
+    is harmless and passes."""
+    for doctype, entity in _ENTITY_MARKS:
+        start = data.find(doctype)
+        if start < 0:
+            continue
+        at = data.find(entity, start)
+        if at < 0:
+            continue
+        m = _ENTITY_NAME.match(data, at) if doctype == _ENTITY_MARKS[0][0] else None
+        name = None
+        if m:
+            name = ("%" if m.group(1) else "&") + m.group(2).decode("utf-8", "replace")
+            name += ";"
+        raise _entities_refused(name, path)
+
+
+def _check_declared_entities(root: etree._Element, path: str | None) -> None:
+    """The same refusal after parsing, for any encoding the scan missed."""
+    dtd = root.getroottree().docinfo.internalDTD
+    first = next(iter(dtd.iterentities()), None) if dtd is not None else None
+    if first is not None:
+        raise _entities_refused(f"&{first.name};", path)
 
 
 def _xml_msg(e: etree.XMLSyntaxError) -> str:
