@@ -272,6 +272,8 @@ class _Reader:
         self.wanted_configuration = configuration
         self.configuration: str | None = None
         self.files: dict[str, FileRef] = {}
+        self.files_by_href: dict[str, FileRef] = {}
+        self.disk_of_file: dict[str, Disk] = {}  # File id -> the one Disk using it
         self.properties: dict[str, str | None] = {}
 
     def warn(self, msg: str) -> None:
@@ -354,6 +356,7 @@ class _Reader:
                 ref = self._file(f)
                 old = out.get(ref.file_id)
                 if old is None:
+                    self._unique_href(ref)
                     out[ref.file_id] = ref
                 elif old == ref:
                     self.warn(f"file id {ref.file_id!r} is declared twice, identically")
@@ -362,6 +365,14 @@ class _Reader:
                         f"file id {_shown(ref.file_id)} is declared twice (as "
                         f"{_shown(old.href)} and {_shown(ref.href)})", self.path)
         return out
+
+    def _unique_href(self, ref: FileRef) -> None:
+        """Two Files naming one href: which declaration (size, compression,
+        chunking) describes the bytes cannot be told; refused."""
+        other = self.files_by_href.setdefault(ref.href, ref)
+        if other is not ref:
+            raise DescriptorError(f"files {_shown(other.file_id)} and {_shown(ref.file_id)} "
+                                  f"both have href {_shown(ref.href)}", self.path)
 
     def _file(self, f: etree._Element) -> FileRef:
         fid = _attr(f, "id")
@@ -403,6 +414,7 @@ class _Reader:
                 disk = self._disk(d, files)
                 old = out.get(disk.disk_id)
                 if old is None:
+                    self._one_disk_per_file(disk)
                     out[disk.disk_id] = disk
                 elif old == disk:
                     self.warn(f"disk id {disk.disk_id!r} is declared twice, identically")
@@ -410,6 +422,17 @@ class _Reader:
                     raise DescriptorError(f"disk id {_shown(disk.disk_id)} is declared twice, "
                                           "differently", self.path)
         return out
+
+    def _one_disk_per_file(self, disk: Disk) -> None:
+        """One File behind two Disks would import the same bytes twice under
+        two capacities and formats: which one the package means is a guess."""
+        if disk.file_ref is None:
+            return
+        other = self.disk_of_file.setdefault(disk.file_ref.file_id, disk)
+        if other is not disk:
+            raise DescriptorError(f"file {_shown(disk.file_ref.file_id)} is used by two "
+                                  f"disks, {_shown(other.disk_id)} and {_shown(disk.disk_id)}",
+                                  self.path)
 
     def _disk(self, d: etree._Element, files: Mapping[str, FileRef]) -> Disk:
         did = _attr(d, "diskId")
@@ -431,9 +454,9 @@ class _Reader:
         if ref is not None:
             return ref
         # oVirt's fileRef is the File's href ("image-group/image"), not its id.
-        by_href = [f for f in files.values() if f.href == fref]
-        if len(by_href) == 1:
-            return by_href[0]
+        by_href = self.files_by_href.get(fref)
+        if by_href is not None:
+            return by_href
         raise DescriptorError(f"disk {_shown(did)} refers to file {_shown(fref)}, which "
                               "References does not declare", self.path)
 
@@ -751,13 +774,13 @@ class _Reader:
                 raise DescriptorError(f"system {sid!r}: disk item refers to file "
                                       f"{_shown(ref)}, which References does not declare",
                                       self.path)
-            declared = next((d for d in disks.values() if d.file_ref == fref), None)
+            declared = self.disk_of_file.get(fref.file_id)
             return declared or Disk(disk_id=ref, capacity=None, file_ref=fref)
         # oVirt and virt-v2v write the disk's file (id or href) bare.
-        d = disks.get(host) or next(
-            (d for d in disks.values()
-             if d.file_ref is not None and host in (d.file_ref.file_id, d.file_ref.href)),
-            None)
+        d = disks.get(host)
+        if d is None:
+            fref = self.files.get(host) or self.files_by_href.get(host)
+            d = self.disk_of_file.get(fref.file_id) if fref is not None else None
         if d is not None:
             return d
         raise DescriptorError(f"system {sid!r}: disk HostResource {_shown(host)} is neither "

@@ -97,6 +97,15 @@ OVERRIDES: dict[str, tuple[str, str, str | None]] = {
     _XT + "Envelope_1_0/Neg/invalid_ref_no_href.ovf": (
         "error", "ovftool negative test: File without ovf:href",
         "References/File 'file1' has no ovf:href"),
+    _XT + "DiskSection_1_0/Neg/dup_filerefs.ovf": (
+        "error", "ovftool negative test: one File behind two Disks",
+        "file 'file1' is used by two disks, 'vmdisk1' and 'vmdisk2'"),
+    _XT + "Envelope/Neg/fileelements_samefile.ovf": (
+        "error", "ovftool negative test: two Files with one href",
+        "files 'file1' and 'file2' both have href 'doesnotexist.vmdk'"),
+    _XT + "Envelope_1_0/Neg/fileelements_samefile.ovf": (
+        "error", "ovftool negative test: two Files with one href",
+        "files 'file1' and 'file2' both have href 'doesnotexist.vmdk'"),
     # -- sizes that cannot be true
     _SEC + "negative-size-disk/haoUnOS2VMs.ovf": (
         "error", "VMware security test: ovf:size near -2^63",

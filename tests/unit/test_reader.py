@@ -352,6 +352,16 @@ def test_ganeti_section_in_system_wins():
      "system 'vm': disk HostResource 'nfs://server/d1' is neither ovf:/disk/ID nor "
      "ovf:/file/ID"),
     ("<References/>", "no VirtualSystem in the descriptor"),
+    ('<References><File ovf:id="f1" ovf:href="a"/><File ovf:id="f2" ovf:href="a"/>'
+     "</References>" + system(),
+     "files 'f1' and 'f2' both have href 'a'"),
+    (ONE_DISK + '<DiskSection><Info>d</Info><Disk ovf:diskId="d2" ovf:fileRef="f1" '
+     'ovf:capacity="2"/></DiskSection>' + system(DISK1),
+     "file 'f1' is used by two disks, 'd1' and 'd2'"),
+    ('<References><File ovf:id="f1" ovf:href="a"/></References><DiskSection><Info>d</Info>'
+     '<Disk ovf:diskId="d1" ovf:fileRef="f1"/><Disk ovf:diskId="d2" ovf:fileRef="a"/>'
+     "</DiskSection>" + system(),
+     "file 'f1' is used by two disks, 'd1' and 'd2'"),
 ])
 def test_refusals(body, message):
     refused(envelope(body), f"t.ovf: {message}")
