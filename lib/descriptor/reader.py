@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from typing import NamedTuple
 
 from lxml import etree
 
 from .. import units
 from ..errors import DescriptorError, OvfError
 from ..model import (
+    MAX_CAPACITY,
+    MAX_MEMORY,
+    MAX_VCPUS,
     Disk,
     Envelope,
     FileRef,
@@ -261,6 +265,21 @@ def _rasd(item: etree._Element, local: str) -> str | None:
     return None
 
 
+class _Unusable(NamedTuple):
+    """A value the package declares but that cannot be used: kept (not
+    replaced by a default) so that import can refuse it by name."""
+
+    problem: str  # e.g. "CPU count '0' is not a positive whole number"
+    shown: str  # the declared value, for a disagreement message
+
+
+_OVERRIDE = {"CPU": "-B vcpus=N", "memory": "-B maxmem=SIZE"}
+
+
+def _size_name(n: int) -> str:
+    return f"{n >> 50} PiB" if n >= 1 << 50 else f"{n} bytes"
+
+
 # ---------------------------------------------------------------- reader
 
 class _Reader:
@@ -440,9 +459,11 @@ class _Reader:
         if not did:
             raise DescriptorError("Disk without ovf:diskId"
                                   + (f" (fileRef {_shown(fref)})" if fref else ""), self.path)
+        capacity = self._capacity(d, did)
         return Disk(
             disk_id=did,
-            capacity=self._capacity(d, did),
+            capacity=capacity if isinstance(capacity, int) else None,
+            capacity_problem=capacity.problem if isinstance(capacity, _Unusable) else None,
             file_ref=self._disk_file(did, fref, files) if fref else None,
             format_uri=_attr(d, "format"),
             populated_size=self._populated(d, did),
@@ -460,21 +481,29 @@ class _Reader:
         raise DescriptorError(f"disk {_shown(did)} refers to file {_shown(fref)}, which "
                               "References does not declare", self.path)
 
-    def _capacity(self, d: etree._Element, did: str) -> int | None:
+    def _capacity(self, d: etree._Element, did: str) -> int | _Unusable | None:
+        """The capacity in bytes; None if not declared; _Unusable if declared
+        but unusable (info shows the package, import refuses it)."""
         cap = _attr(d, "capacity")
         if cap is None or not cap.strip():
             return None
+        unit = _attr(d, "capacityAllocationUnits")
+        problem = None
         try:
             value = units.resolve_properties(cap, self.properties, path=self.path)
-            unit = _attr(d, "capacityAllocationUnits")
             n = units.to_bytes(value, unit, default_units="byte", path=self.path)
         except OvfError as e:
-            self.warn(f"disk {did!r}: capacity {_shown(cap)} not usable ({e.problem})")
-            return None
-        if n == 0:
-            self.warn(f"disk {did!r}: capacity {_shown(cap)} is zero; ignored")
-            return None
-        return n
+            problem = f"capacity {_shown(cap)} not usable ({e.problem})"
+        else:
+            if n == 0:
+                problem = f"capacity {_shown(cap)} is zero"
+            elif n > MAX_CAPACITY:
+                problem = (f"capacity {_shown(cap)} ({unit or 'byte'}) is more than a disk "
+                           "image can hold (2^63 bytes)")
+        if problem is None:
+            return n
+        self.warn(f"disk {did!r}: {problem}; import needs --disk N:size=SIZE")
+        return _Unusable(problem, cap)
 
     def _populated(self, d: etree._Element, did: str) -> int | None:
         """ovf:populatedSize is informational: unusable means unknown."""
@@ -611,9 +640,11 @@ class _Reader:
         ganeti = self._ganeti(vs) or env_ganeti
         return VirtualSystem(
             system_id=sid, name=name, info=_text(_child(vs, "Info")), os_id=os_id,
-            os_description=os_desc, os_type=os_type, cpus=cpus, memory=memory,
-            disks=tuple(sys_disks), nics=tuple(nics), video_memory=video,
-            virtual_system_type=vtype, products=products, eulas=eulas, ganeti=ganeti,
+            os_description=os_desc, os_type=os_type, cpus=_usable(cpus),
+            memory=_usable(memory), disks=tuple(sys_disks), nics=tuple(nics),
+            video_memory=_usable(video), virtual_system_type=vtype, products=products,
+            eulas=eulas, ganeti=ganeti, cpus_problem=_problem(cpus),
+            memory_problem=_problem(memory),
         )
 
     def _all_vs(self) -> list[etree._Element]:
@@ -633,7 +664,8 @@ class _Reader:
 
     def _hardware(self, hw: etree._Element, sid: str, disks: Mapping[str, Disk]):
         # (for the chosen configuration only?, value) per quantity, in item order
-        found: dict[str, list[tuple[bool, int]]] = {"CPU": [], "memory": [], "video memory": []}
+        found: dict[str, list[tuple[bool, int | _Unusable]]] = {
+            "CPU": [], "memory": [], "video memory": []}
         sys_disks: list[Disk] = []
         nics: list[Nic] = []
         for item in hw:
@@ -649,7 +681,7 @@ class _Reader:
             if rtype is None and any(isinstance(c.tag, str) for c in item):
                 self.warn(f"system {sid!r}: item {label!r} has no usable ResourceType "
                           f"({_shown(raw_type or '')}); ignored")
-            value: int | None = None
+            value: int | _Unusable | None = None
             if rtype == RESOURCE_TYPES["processor"]:
                 value = self._count(item, sid, label)
                 what = "CPU"
@@ -679,35 +711,44 @@ class _Reader:
                                for what in ("CPU", "memory", "video memory"))
         return cpus, memory, video, sys_disks, nics
 
-    def _choose(self, sid: str, what: str, found: list[tuple[bool, int]]) -> int | None:
+    def _choose(self, sid: str, what: str,
+                found: list[tuple[bool, int | _Unusable]]) -> int | _Unusable | None:
         """An item made for the chosen configuration beats one for all;
-        among equals the first wins, and a disagreement is reported."""
+        among equals the first wins, and a disagreement is reported.  An
+        unusable first is not skipped for a later one: what the package
+        asked for is then unclear, and import refuses it."""
         best = [v for specific, v in found if specific] or [v for _s, v in found]
         if not best:
             return None
-        if len(set(best)) > 1:
+        shown = [v.shown if isinstance(v, _Unusable) else str(v) for v in best]
+        if len(dict.fromkeys(shown)) > 1:
             self.warn(f"system {sid!r}: {len(best)} {what} items disagree "
-                      f"({', '.join(map(str, best))}); using the first")
-        return best[0]
+                      f"({', '.join(shown)}); using the first")
+        first = best[0]
+        if isinstance(first, _Unusable) and what in _OVERRIDE:
+            self.warn(f"system {sid!r}: {first.problem}; import needs {_OVERRIDE[what]}")
+        return first
 
-    def _count(self, item: etree._Element, sid: str, label: str) -> int | None:
+    def _count(self, item: etree._Element, sid: str, label: str) -> int | _Unusable | None:
         q = _rasd(item, "VirtualQuantity")
         if q is None:
             ovirt = self._ovirt_cpus(item)
             if ovirt is None:
                 self.warn(f"system {sid!r}: CPU item {label!r} has no VirtualQuantity; "
                           "ignored")
-            return ovirt
-        try:
-            value = units.resolve_properties(q, self.properties, path=self.path)
-        except OvfError as e:
-            self.warn(f"system {sid!r}: CPU count {_shown(q)} not usable ({e.problem})")
-            return None
-        n = _number(value)
-        if n is None or n <= 0:
-            self.warn(f"system {sid!r}: CPU count {_shown(q)} is not a positive whole "
-                      "number; ignored")
-            return None
+                return None
+            q, n = str(ovirt), ovirt
+        else:
+            try:
+                value = units.resolve_properties(q, self.properties, path=self.path)
+            except OvfError as e:
+                return _Unusable(f"CPU count {_shown(q)} not usable ({e.problem})", q)
+            n = _number(value)
+            if n is None or n <= 0:
+                return _Unusable(f"CPU count {_shown(q)} is not a positive whole number", q)
+        if n > MAX_VCPUS:
+            return _Unusable(f"CPU count {_shown(q)} is more than any Ganeti hypervisor "
+                             f"runs ({MAX_VCPUS})", q)
         return n
 
     @staticmethod
@@ -726,7 +767,7 @@ class _Reader:
         return n
 
     def _bytes(self, item: etree._Element, sid: str, label: str, what: str,
-               quiet: bool = False) -> int | None:
+               quiet: bool = False) -> int | _Unusable | None:
         q = _rasd(item, "VirtualQuantity")
         if q is None:
             if not quiet:  # e.g. an item that only sets a Reservation
@@ -742,11 +783,18 @@ class _Reader:
             value = units.resolve_properties(q, self.properties, path=self.path)
             n = units.to_bytes(value, unit, path=self.path)
         except OvfError as e:
-            self.warn(f"system {sid!r}: {what} {_shown(q)} not usable ({e.problem})")
-            return None
-        if n == 0 and not quiet:
-            self.warn(f"system {sid!r}: {what} {_shown(q)} is zero; ignored")
-            return None
+            problem = f"{what} {_shown(q)} not usable ({e.problem})"
+            if quiet:  # video memory is only shown: unknown, not an error
+                self.warn(f"system {sid!r}: {problem}; ignored")
+                return None
+            return _Unusable(problem, q)
+        if quiet:
+            return n
+        if n == 0:
+            return _Unusable(f"{what} {_shown(q)} ({unit}) is zero", q)
+        if n > MAX_MEMORY:
+            return _Unusable(f"{what} {_shown(q)} ({unit}) is more than any Ganeti "
+                             f"hypervisor gives a guest ({_size_name(MAX_MEMORY)})", q)
         return n
 
     _HOST_RESOURCE = re.compile(r"^(?:ovf:)?/*(disk|file)/(.+)$")
@@ -840,6 +888,14 @@ class _Reader:
             version=_text(g(sec, "Version")),
             auto_balance=_none(_text(g(sec, "AutoBalance"))),
         )
+
+
+def _usable(v: int | _Unusable | None) -> int | None:
+    return v if isinstance(v, int) else None
+
+
+def _problem(v: int | _Unusable | None) -> str | None:
+    return v.problem if isinstance(v, _Unusable) else None
 
 
 def _none(v: str | None) -> str | None:

@@ -227,8 +227,11 @@ def test_placeholder_capacity_and_size_are_warnings():
     assert env.files[0].size is None and env.system().disks[0].capacity is None
     assert env.warnings == (
         "file 'f1': size '@@SIZE@@' is not a whole number; ignored",
-        "disk 'd1': capacity '@@CAP@@' not usable (non-numeric quantity '@@CAP@@')",
+        "disk 'd1': capacity '@@CAP@@' not usable (non-numeric quantity '@@CAP@@'); import "
+        "needs --disk N:size=SIZE",
     )
+    assert env.system().disks[0].capacity_problem == (
+        "capacity '@@CAP@@' not usable (non-numeric quantity '@@CAP@@')")
 
 
 def test_nics_are_counted_by_adapters_not_networks():
