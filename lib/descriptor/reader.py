@@ -10,6 +10,7 @@ entities is refused outright (as defusedxml does), before parsing.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
@@ -33,137 +34,31 @@ from ..model import (
     VirtualSystem,
 )
 from .names import RESOURCE_TYPES, ns_role, ovf_version_of
+from .xmlsafe import MAX_DEPTH, MAX_MARKUP, parse_xml
 
-__all__ = ["parse_descriptor", "parse_xml"]
+__all__ = ["MAX_DEPTH", "MAX_MARKUP", "parse_descriptor", "parse_xml"]
 
 _XSI = "http://www.w3.org/2001/XMLSchema-instance"
-MAX_DEPTH = 64
-
-
-def _parser() -> etree.XMLParser:
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
-
-
-def parse_xml(data: bytes, *, path: str | None = None) -> etree._Element:
-    """The root element, or DescriptorError with lxml's first complaint.
-
-    A file that declares UTF-16 but is really 8-bit (XenCenter does this)
-    is read again as UTF-8: that is what the producing tool meant.
-    """
-    _refuse_entity_declarations(data, path)
-    try:
-        root = etree.fromstring(data, _parser())
-    except etree.XMLSyntaxError as e:
-        retry = _undeclare_utf16(data)
-        if retry is None:
-            raise _syntax_error(e, path) from e
-        try:
-            root = etree.fromstring(retry, _parser())
-        except etree.XMLSyntaxError:
-            raise _syntax_error(e, path) from e
-    except ValueError as e:  # e.g. unicode strings with declarations
-        raise DescriptorError(f"not readable as XML: {e}", path) from e
-    if root is None:
-        raise DescriptorError("empty XML document", path)
-    _check_declared_entities(root, path)
-    _check_depth(root, path)
-    return root
-
-
-# A DOCTYPE, then an entity declaration after it, in the encodings real
-# descriptors use (UTF-8 and its ASCII subsets, UTF-16 either way round).
-_ENTITY_MARKS = tuple(("<!DOCTYPE".encode(enc), "<!ENTITY".encode(enc))
-                      for enc in ("utf-8", "utf-16-le", "utf-16-be"))
-_ENTITY_NAME = re.compile(rb"<!ENTITY\s+(%\s*)?([^\s\"'>]{1,80})")
-
-
-def _entities_refused(name: str | None, path: str | None) -> DescriptorError:
-    what = f" ({name})" if name else ""
-    return DescriptorError(f"the DOCTYPE declares entities{what}; entity declarations are "
-                           "refused (a package has no use for them)", path)
-
-
-def _refuse_entity_declarations(data: bytes, path: str | None) -> None:
-    """Refuse ``<!ENTITY`` (general or parameter) in a DOCTYPE before
-    libxml2 sees it: a declaration is only ever a bomb, a probe for local
-    files or a way to hide text, and even unexpanded it costs parse time.
-    A plain DOCTYPE (no internal subset, or only element declarations)
-    is harmless and passes."""
-    for doctype, entity in _ENTITY_MARKS:
-        start = data.find(doctype)
-        if start < 0:
-            continue
-        at = data.find(entity, start)
-        if at < 0:
-            continue
-        m = _ENTITY_NAME.match(data, at) if doctype == _ENTITY_MARKS[0][0] else None
-        name = None
-        if m:
-            name = ("%" if m.group(1) else "&") + m.group(2).decode("utf-8", "replace")
-            name += ";"
-        raise _entities_refused(name, path)
-
-
-def _check_declared_entities(root: etree._Element, path: str | None) -> None:
-    """The same refusal after parsing, for any encoding the scan missed."""
-    dtd = root.getroottree().docinfo.internalDTD
-    first = next(iter(dtd.iterentities()), None) if dtd is not None else None
-    if first is not None:
-        raise _entities_refused(f"&{first.name};", path)
-
-
-def _xml_msg(e: etree.XMLSyntaxError) -> str:
-    msg = str(e.msg if getattr(e, "msg", None) else e)
-    return msg.splitlines()[0] if msg else "syntax error"
-
-
-def _syntax_error(e: etree.XMLSyntaxError, path: str | None) -> DescriptorError:
-    """lxml's complaint as our one line; libxml2's own limits said plainly
-    (its advice to 'use XML_PARSE_HUGE' is not for an operator)."""
-    msg = _xml_msg(e)
-    if "Excessive depth" in msg:
-        return DescriptorError(f"XML nested deeper than {MAX_DEPTH} levels", path)
-    # libxml2 >= 2.10 says "amplification"; 2.9 (Debian 12) "entity reference loop".
-    if "amplification" in msg.lower() or "entity reference loop" in msg.lower():
-        return DescriptorError("XML entity declarations would expand beyond the parser's "
-                               "limit (an entity bomb); entities are never expanded", path)
-    return DescriptorError(f"not well-formed XML: {msg}", path)
-
-
-def _undeclare_utf16(data: bytes) -> bytes | None:
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return None  # really UTF-16
-    m = re.match(rb"\s*<\?xml[^>]*encoding=[\"']utf-16[\"'][^>]*\?>", data, re.I)
-    if not m:
-        return None
-    return data[m.end():]
-
-
-def _check_depth(root: etree._Element, path: str | None) -> None:
-    stack = [(root, 1)]
-    while stack:
-        el, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise DescriptorError(f"XML nested deeper than {MAX_DEPTH} levels", path)
-        stack.extend((c, depth + 1) for c in el)
 
 
 # ---------------------------------------------------------------- helpers
 
 def _qn(el: etree._Element) -> tuple[str, str]:
     """(role, local name) of an element."""
-    if not isinstance(el.tag, str):
+    tag = el.tag
+    if not isinstance(tag, str):
         return ("", "")
-    q = etree.QName(el)
-    return ns_role(q.namespace), q.localname
+    return _split_tag(tag)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_tag(tag: str) -> tuple[str, str]:
+    """Cached: a descriptor has a few dozen distinct tags and every walk
+    asks for each element's role; classifying a namespace URI takes regexes."""
+    if tag[:1] == "{":
+        ns, _, local = tag[1:].partition("}")
+        return ns_role(ns), local
+    return ns_role(None), tag
 
 
 def _kind(el: etree._Element) -> str:
@@ -287,7 +182,8 @@ class _Reader:
                  configuration: str | None) -> None:
         self.root = root
         self.path = path
-        self.warnings: list[str] = []
+        self.warnings: dict[str, None] = {}  # in order, each once
+        self._vs: list[etree._Element] | None = None
         self.wanted_configuration = configuration
         self.configuration: str | None = None
         self.files: dict[str, FileRef] = {}
@@ -296,8 +192,7 @@ class _Reader:
         self.properties: dict[str, str | None] = {}
 
     def warn(self, msg: str) -> None:
-        if msg not in self.warnings:
-            self.warnings.append(msg)
+        self.warnings.setdefault(msg, None)
 
     def read(self) -> Envelope:
         root = self.root
@@ -545,15 +440,16 @@ class _Reader:
 
     def _configurations(self) -> tuple[tuple[str, ...], str | None]:
         sec = next(self._sections(self.root, "DeploymentOptionSection"), None)
-        ids: list[str] = []
+        seen: dict[str, None] = {}  # in order, each once
         default = None
         for c in (_children(sec, "Configuration") if sec is not None else ()):
             cid = _attr(c, "id")
-            if not cid or cid in ids:
+            if not cid or cid in seen:
                 continue
-            ids.append(cid)
+            seen[cid] = None
             if default is None and (_attr(c, "default") or "").strip().lower() in ("true", "1"):
                 default = cid
+        ids = list(seen)
         if not ids:
             if self.wanted_configuration is not None:
                 raise DescriptorError(
@@ -562,12 +458,12 @@ class _Reader:
             return (), None
         chosen = default or ids[0]
         if self.wanted_configuration is not None:
-            if self.wanted_configuration not in ids:
+            if self.wanted_configuration not in seen:
                 raise DescriptorError(
                     f"no deployment configuration {self.wanted_configuration!r}; "
                     f"the package offers {', '.join(ids)}", self.path)
             chosen = self.wanted_configuration
-        ordered = tuple([chosen] + [i for i in ids if i != chosen])
+        ordered = (chosen, *(i for i in ids if i != chosen))
         return ordered, chosen
 
     def _applies(self, item: etree._Element) -> bool:
@@ -648,8 +544,12 @@ class _Reader:
         )
 
     def _all_vs(self) -> list[etree._Element]:
-        return [e for e in self.root.iter()
-                if isinstance(e.tag, str) and _kind(e) == "VirtualSystem" and _qn(e)[0] == "ovf"]
+        """Every VirtualSystem anywhere, found once: asking again per system
+        made a collection of N systems cost N walks of the tree."""
+        if self._vs is None:
+            self._vs = [e for e in self.root.iter() if isinstance(e.tag, str)
+                        and _kind(e) == "VirtualSystem" and _qn(e)[0] == "ovf"]
+        return self._vs
 
     def _product(self, p: etree._Element) -> Product:
         props = {}
