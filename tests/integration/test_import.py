@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from make_fixtures import Appliance, DiskSpec, build_descriptor
 
+from ganeti_ovf import report
 from ganeti_ovf.errors import (
     DescriptorError,
     DiskImageError,
@@ -184,6 +185,12 @@ def test_unusable_declared_values_refused_unless_overridden(build, tmp_path, os_
     time, naming the option; with every override given, imported as asked."""
     pkg, _ = build(Appliance(name="bad", cpus=0, memory_mib=0,
                              disks=[DiskSpec(2 * MIB, "qcow2")]))
+    data = report.package_info(pkg)  # info still shows the package, and what is wrong
+    (vs,) = data["systems"]
+    assert (vs["cpus"], vs["memory"]) == (None, None)
+    assert "system 'bad': CPU count '0' is not a positive whole number; import needs " \
+           "-B vcpus=N" in data["warnings"]
+    assert any("import needs -B maxmem=SIZE" in w for w in data["warnings"])
     out = tmp_path / "export"
     out.mkdir()
     with pytest.raises(DescriptorError, match=r"memory '0' \(byte \* 2\^20\) is zero; "
