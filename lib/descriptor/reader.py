@@ -10,10 +10,8 @@ entities is refused outright (as defusedxml does), before parsing.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterator, Mapping
-from typing import NamedTuple
 
 from lxml import etree
 
@@ -21,8 +19,6 @@ from .. import units
 from ..errors import DescriptorError, OvfError
 from ..model import (
     MAX_CAPACITY,
-    MAX_MEMORY,
-    MAX_VCPUS,
     Disk,
     Envelope,
     FileRef,
@@ -33,151 +29,27 @@ from ..model import (
     Product,
     VirtualSystem,
 )
-from .names import RESOURCE_TYPES, ns_role, ovf_version_of
+from .elements import (
+    _attr,
+    _child,
+    _children,
+    _int,
+    _kind,
+    _number,
+    _qn,
+    _shown,
+    _text,
+    _vendor_attr,
+)
+from .hardware import HardwareMixin, Unusable, problem_of, usable
+from .names import ovf_version_of
 from .xmlsafe import MAX_DEPTH, MAX_MARKUP, parse_xml
 
 __all__ = ["MAX_DEPTH", "MAX_MARKUP", "parse_descriptor", "parse_xml"]
 
-_XSI = "http://www.w3.org/2001/XMLSchema-instance"
-
-
-# ---------------------------------------------------------------- helpers
-
-def _qn(el: etree._Element) -> tuple[str, str]:
-    """(role, local name) of an element."""
-    tag = el.tag
-    if not isinstance(tag, str):
-        return ("", "")
-    return _split_tag(tag)
-
-
-@functools.lru_cache(maxsize=4096)
-def _split_tag(tag: str) -> tuple[str, str]:
-    """Cached: a descriptor has a few dozen distinct tags and every walk
-    asks for each element's role; classifying a namespace URI takes regexes."""
-    if tag[:1] == "{":
-        ns, _, local = tag[1:].partition("}")
-        return ns_role(ns), local
-    return ns_role(None), tag
-
-
-def _kind(el: etree._Element) -> str:
-    """Local name, with 0.9's ``<Section xsi:type="ovf:DiskSection_Type">``
-    and ``<Content xsi:type=...>`` resolved to what they are."""
-    role, local = _qn(el)
-    if local in ("Section", "Content") and role == "ovf":
-        t = el.get(f"{{{_XSI}}}type")
-        if t:
-            t = t.split(":")[-1]
-            return t[:-5] if t.endswith("_Type") else t
-    return local
-
-
-def _children(el: etree._Element, local: str, role: str = "ovf") -> Iterator[etree._Element]:
-    for c in el:
-        if isinstance(c.tag, str) and _kind(c) == local and _qn(c)[0] == role:
-            yield c
-
-
-def _child(el: etree._Element, local: str, role: str = "ovf") -> etree._Element | None:
-    return next(_children(el, local, role), None)
-
-
-def _text(el: etree._Element | None) -> str | None:
-    """The element's text, entity references left out (never expanded)."""
-    if el is None:
-        return None
-    parts: list[str] = []
-    _collect_text(el, parts)
-    t = "".join(parts).strip()
-    return t or None
-
-
-def _collect_text(el: etree._Element, parts: list[str]) -> None:
-    if el.text:
-        parts.append(el.text)
-    for c in el:
-        if isinstance(c.tag, str):  # not an entity reference
-            _collect_text(c, parts)
-        if c.tail:
-            parts.append(c.tail)
-
-
-def _shown(value: str) -> str:
-    """A value in repr for a message, cut short so one line stays short."""
-    if len(value) <= 80:
-        return repr(value)
-    return f"{value[:80]!r}... ({len(value)} characters)"
-
-
-def _attr(el: etree._Element, local: str) -> str | None:
-    """An attribute by local name, in the OVF namespace or unqualified
-    (some producers drop the prefix; VMware 0.9 uses its own namespace)."""
-    for k, v in el.attrib.items():
-        q = etree.QName(k)
-        if q.localname == local and (q.namespace is None or ns_role(q.namespace) == "ovf"):
-            return v
-    return None
-
-
-def _vendor_attr(el: etree._Element, local: str, role: str) -> str | None:
-    for k, v in el.attrib.items():
-        q = etree.QName(k)
-        if q.localname == local and q.namespace and ns_role(q.namespace) == role:
-            return v
-    return None
-
-
-_WHOLE = re.compile(r"\s*([-+]?)([0-9]{1,100})\s*")
-
-
-def _int(value: str | None, what: str, path: str | None) -> int | None:
-    """A whole number >= 0; None if absent; DescriptorError otherwise."""
-    if value is None or value.strip() == "":
-        return None
-    m = _WHOLE.fullmatch(value)
-    if m is None:
-        raise DescriptorError(f"{what} {_shown(value)} is not a whole number", path)
-    if m.group(1) == "-" and int(m.group(2)) != 0:
-        raise DescriptorError(f"{what} {_shown(value)} is negative", path)
-    return int(m.group(2))
-
-
-def _number(value: str) -> int | None:
-    """A whole number, maybe negative; None if ``value`` is not one."""
-    m = _WHOLE.fullmatch(value)
-    if m is None:
-        return None
-    return -int(m.group(2)) if m.group(1) == "-" else int(m.group(2))
-
-
-def _rasd(item: etree._Element, local: str) -> str | None:
-    """A RASD-like field of an Item/StorageItem/EthernetPortItem by local name."""
-    for c in item:
-        if isinstance(c.tag, str) and _qn(c)[1] == local and _qn(c)[0] in (
-                "rasd", "sasd", "epasd", "ovf", "other"):
-            return _text(c)
-    return None
-
-
-class _Unusable(NamedTuple):
-    """A value the package declares but that cannot be used: kept (not
-    replaced by a default) so that import can refuse it by name."""
-
-    problem: str  # e.g. "CPU count '0' is not a positive whole number"
-    shown: str  # the declared value, for a disagreement message
-
-
-_OVERRIDE = {"CPU": "-B vcpus=N", "memory": "-B maxmem=SIZE"}
-
-
-def _size_name(n: int) -> str:
-    return f"{n >> 50} PiB" if n >= 1 << 50 else f"{n} bytes"
-
-
 # ---------------------------------------------------------------- reader
 
-class _Reader:
+class _Reader(HardwareMixin):
     def __init__(self, root: etree._Element, path: str | None,
                  configuration: str | None) -> None:
         self.root = root
@@ -358,7 +230,7 @@ class _Reader:
         return Disk(
             disk_id=did,
             capacity=capacity if isinstance(capacity, int) else None,
-            capacity_problem=capacity.problem if isinstance(capacity, _Unusable) else None,
+            capacity_problem=capacity.problem if isinstance(capacity, Unusable) else None,
             file_ref=self._disk_file(did, fref, files) if fref else None,
             format_uri=_attr(d, "format"),
             populated_size=self._populated(d, did),
@@ -376,8 +248,8 @@ class _Reader:
         raise DescriptorError(f"disk {_shown(did)} refers to file {_shown(fref)}, which "
                               "References does not declare", self.path)
 
-    def _capacity(self, d: etree._Element, did: str) -> int | _Unusable | None:
-        """The capacity in bytes; None if not declared; _Unusable if declared
+    def _capacity(self, d: etree._Element, did: str) -> int | Unusable | None:
+        """The capacity in bytes; None if not declared; Unusable if declared
         but unusable (info shows the package, import refuses it)."""
         cap = _attr(d, "capacity")
         if cap is None or not cap.strip():
@@ -398,7 +270,7 @@ class _Reader:
         if problem is None:
             return n
         self.warn(f"disk {did!r}: {problem}; import needs --disk N:size=SIZE")
-        return _Unusable(problem, cap)
+        return Unusable(problem, cap)
 
     def _populated(self, d: etree._Element, did: str) -> int | None:
         """ovf:populatedSize is informational: unusable means unknown."""
@@ -536,11 +408,11 @@ class _Reader:
         ganeti = self._ganeti(vs) or env_ganeti
         return VirtualSystem(
             system_id=sid, name=name, info=_text(_child(vs, "Info")), os_id=os_id,
-            os_description=os_desc, os_type=os_type, cpus=_usable(cpus),
-            memory=_usable(memory), disks=tuple(sys_disks), nics=tuple(nics),
-            video_memory=_usable(video), virtual_system_type=vtype, products=products,
-            eulas=eulas, ganeti=ganeti, cpus_problem=_problem(cpus),
-            memory_problem=_problem(memory),
+            os_description=os_desc, os_type=os_type, cpus=usable(cpus),
+            memory=usable(memory), disks=tuple(sys_disks), nics=tuple(nics),
+            video_memory=usable(video), virtual_system_type=vtype, products=products,
+            eulas=eulas, ganeti=ganeti, cpus_problem=problem_of(cpus),
+            memory_problem=problem_of(memory),
         )
 
     def _all_vs(self) -> list[etree._Element]:
@@ -561,178 +433,6 @@ class _Reader:
             version=_text(_child(p, "Version")), full_version=_text(_child(p, "FullVersion")),
             product_url=_text(_child(p, "ProductUrl")), properties=props,
         )
-
-    def _hardware(self, hw: etree._Element, sid: str, disks: Mapping[str, Disk]):
-        # (for the chosen configuration only?, value) per quantity, in item order
-        found: dict[str, list[tuple[bool, int | _Unusable]]] = {
-            "CPU": [], "memory": [], "video memory": []}
-        sys_disks: list[Disk] = []
-        nics: list[Nic] = []
-        for item in hw:
-            if not isinstance(item.tag, str):
-                continue
-            if _kind(item) not in ("Item", "StorageItem", "EthernetPortItem"):
-                continue
-            if not self._applies(item):
-                continue
-            raw_type = _rasd(item, "ResourceType")
-            rtype = _number(raw_type) if raw_type else None
-            label = _rasd(item, "ElementName") or _rasd(item, "InstanceID") or "?"
-            if rtype is None and any(isinstance(c.tag, str) for c in item):
-                self.warn(f"system {sid!r}: item {label!r} has no usable ResourceType "
-                          f"({_shown(raw_type or '')}); ignored")
-            value: int | _Unusable | None = None
-            if rtype == RESOURCE_TYPES["processor"]:
-                value = self._count(item, sid, label)
-                what = "CPU"
-            elif rtype == RESOURCE_TYPES["memory"]:
-                value = self._bytes(item, sid, label, "memory")
-                what = "memory"
-            elif rtype == RESOURCE_TYPES["graphics"]:
-                value = self._bytes(item, sid, label, "video memory", quiet=True)
-                what = "video memory"
-            elif rtype == RESOURCE_TYPES["ethernet"]:
-                nics.append(Nic(network=_rasd(item, "Connection"),
-                                mac=_rasd(item, "Address"),
-                                model=_rasd(item, "ResourceSubType"),
-                                name=_rasd(item, "ElementName")))
-            elif rtype == RESOURCE_TYPES["disk"]:
-                d = self._disk_item(item, sid, label, disks)
-                if d is not None:
-                    sys_disks.append(d)
-            elif rtype in (RESOURCE_TYPES["cdrom"], RESOURCE_TYPES["dvd"],
-                           RESOURCE_TYPES["floppy"]):
-                host = _rasd(item, "HostResource")
-                if host:
-                    self.warn(f"system {sid!r}: {label!r} media {host!r} is not imported")
-            if value is not None:
-                found[what].append((self._specific(item) is True, value))
-        cpus, memory, video = (self._choose(sid, what, found[what])
-                               for what in ("CPU", "memory", "video memory"))
-        return cpus, memory, video, sys_disks, nics
-
-    def _choose(self, sid: str, what: str,
-                found: list[tuple[bool, int | _Unusable]]) -> int | _Unusable | None:
-        """An item made for the chosen configuration beats one for all;
-        among equals the first wins, and a disagreement is reported.  An
-        unusable first is not skipped for a later one: what the package
-        asked for is then unclear, and import refuses it."""
-        best = [v for specific, v in found if specific] or [v for _s, v in found]
-        if not best:
-            return None
-        shown = [v.shown if isinstance(v, _Unusable) else str(v) for v in best]
-        if len(dict.fromkeys(shown)) > 1:
-            self.warn(f"system {sid!r}: {len(best)} {what} items disagree "
-                      f"({', '.join(shown)}); using the first")
-        first = best[0]
-        if isinstance(first, _Unusable) and what in _OVERRIDE:
-            self.warn(f"system {sid!r}: {first.problem}; import needs {_OVERRIDE[what]}")
-        return first
-
-    def _count(self, item: etree._Element, sid: str, label: str) -> int | _Unusable | None:
-        q = _rasd(item, "VirtualQuantity")
-        if q is None:
-            ovirt = self._ovirt_cpus(item)
-            if ovirt is None:
-                self.warn(f"system {sid!r}: CPU item {label!r} has no VirtualQuantity; "
-                          "ignored")
-                return None
-            q, n = str(ovirt), ovirt
-        else:
-            try:
-                value = units.resolve_properties(q, self.properties, path=self.path)
-            except OvfError as e:
-                return _Unusable(f"CPU count {_shown(q)} not usable ({e.problem})", q)
-            n = _number(value)
-            if n is None or n <= 0:
-                return _Unusable(f"CPU count {_shown(q)} is not a positive whole number", q)
-        if n > MAX_VCPUS:
-            return _Unusable(f"CPU count {_shown(q)} is more than any Ganeti hypervisor "
-                             f"runs ({MAX_VCPUS})", q)
-        return n
-
-    @staticmethod
-    def _ovirt_cpus(item: etree._Element) -> int | None:
-        """oVirt counts CPUs as sockets x cores per socket (x threads)."""
-        n = 1
-        for local, required in (("num_of_sockets", True), ("cpu_per_socket", True),
-                                ("threads_per_cpu", False)):
-            raw = _rasd(item, local)
-            v = _number(raw) if raw else None
-            if v is None or v <= 0:
-                if required or raw:
-                    return None
-                continue
-            n *= v
-        return n
-
-    def _bytes(self, item: etree._Element, sid: str, label: str, what: str,
-               quiet: bool = False) -> int | _Unusable | None:
-        q = _rasd(item, "VirtualQuantity")
-        if q is None:
-            if not quiet:  # e.g. an item that only sets a Reservation
-                self.warn(f"system {sid!r}: {what} item {label!r} has no VirtualQuantity; "
-                          "ignored")
-            return None
-        unit = _rasd(item, "AllocationUnits") or _rasd(item, "VirtualQuantityUnits")
-        if unit is None:
-            # What VMware and VirtualBox assume; said aloud, never silent.
-            self.warn(f"system {sid!r}: {what} has no AllocationUnits; read as MiB")
-            unit = "byte * 2^20"
-        try:
-            value = units.resolve_properties(q, self.properties, path=self.path)
-            n = units.to_bytes(value, unit, path=self.path)
-        except OvfError as e:
-            problem = f"{what} {_shown(q)} not usable ({e.problem})"
-            if quiet:  # video memory is only shown: unknown, not an error
-                self.warn(f"system {sid!r}: {problem}; ignored")
-                return None
-            return _Unusable(problem, q)
-        if quiet:
-            return n
-        if n == 0:
-            return _Unusable(f"{what} {_shown(q)} ({unit}) is zero", q)
-        if n > MAX_MEMORY:
-            return _Unusable(f"{what} {_shown(q)} ({unit}) is more than any Ganeti "
-                             f"hypervisor gives a guest ({_size_name(MAX_MEMORY)})", q)
-        return n
-
-    _HOST_RESOURCE = re.compile(r"^(?:ovf:)?/*(disk|file)/(.+)$")
-
-    def _disk_item(self, item: etree._Element, sid: str, label: str,
-                   disks: Mapping[str, Disk]) -> Disk | None:
-        host = _rasd(item, "HostResource")
-        if not host:
-            self.warn(f"system {sid!r}: disk item {label!r} without HostResource ignored")
-            return None
-        # ovf:/disk/ID as the spec says, /disk/ID (VirtualBox, 0.9) and
-        # ovf://disk/ID (open-ovf, some VMware) alike.
-        m = self._HOST_RESOURCE.match(host)
-        if m:
-            kind, ref = m.groups()
-            if kind == "disk":
-                d = disks.get(ref)
-                if d is None:
-                    raise DescriptorError(f"system {sid!r}: disk item refers to disk "
-                                          f"{_shown(ref)}, which DiskSection does not "
-                                          "declare", self.path)
-                return d
-            fref = self.files.get(ref)
-            if fref is None:
-                raise DescriptorError(f"system {sid!r}: disk item refers to file "
-                                      f"{_shown(ref)}, which References does not declare",
-                                      self.path)
-            declared = self.disk_of_file.get(fref.file_id)
-            return declared or Disk(disk_id=ref, capacity=None, file_ref=fref)
-        # oVirt and virt-v2v write the disk's file (id or href) bare.
-        d = disks.get(host)
-        if d is None:
-            fref = self.files.get(host) or self.files_by_href.get(host)
-            d = self.disk_of_file.get(fref.file_id) if fref is not None else None
-        if d is not None:
-            return d
-        raise DescriptorError(f"system {sid!r}: disk HostResource {_shown(host)} is neither "
-                              "ovf:/disk/ID nor ovf:/file/ID", self.path)
 
     # -- Ganeti's own section ---------------------------------------------
 
@@ -788,14 +488,6 @@ class _Reader:
             version=_text(g(sec, "Version")),
             auto_balance=_none(_text(g(sec, "AutoBalance"))),
         )
-
-
-def _usable(v: int | _Unusable | None) -> int | None:
-    return v if isinstance(v, int) else None
-
-
-def _problem(v: int | _Unusable | None) -> str | None:
-    return v.problem if isinstance(v, _Unusable) else None
 
 
 def _none(v: str | None) -> str | None:

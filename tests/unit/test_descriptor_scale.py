@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from ganeti_ovf.descriptor import reader
+from ganeti_ovf.descriptor import elements, reader
 from ganeti_ovf.descriptor.reader import MAX_MARKUP, parse_descriptor
 from ganeti_ovf.errors import DescriptorError
 from ganeti_ovf.importer import ImportRequest, choose_system, plan_config
@@ -69,14 +69,15 @@ def plan(data: bytes, os_path) -> None:
 def test_empty_systems_are_linear_in_tag_lookups(monkeypatch, os_path):
     """Deterministic: count the reader's tag lookups at N and 4N."""
     calls = 0
-    real = reader._qn
+    real = elements._qn
 
     def counting(el):
         nonlocal calls
         calls += 1
         return real(el)
 
-    monkeypatch.setattr(reader, "_qn", counting)
+    for module in (elements, reader):
+        monkeypatch.setattr(module, "_qn", counting)
     counts = []
     for n in (2000, 8000):
         calls = 0
