@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from ganeti_ovf import report
 from ganeti_ovf.descriptor import elements, reader
 from ganeti_ovf.descriptor.reader import MAX_MARKUP, parse_descriptor
 from ganeti_ovf.errors import DescriptorError
@@ -86,16 +87,19 @@ def test_empty_systems_are_linear_in_tag_lookups(monkeypatch, os_path):
     assert counts[1] / counts[0] < 5, counts  # quadratic: ~16
 
 
-def test_8000_empty_systems_read_and_planned_fast(os_path):
+def test_8000_empty_systems_read_and_planned_fast(os_path, tmp_path):
     """Was 240 s for info and import; a generous hard bound."""
+    pkg = tmp_path / "vapp.ovf"
+    pkg.write_bytes(empty_systems(8000))
+    (tmp_path / "a.raw").write_bytes(bytes(1 << 20))
     start = time.monotonic()
-    env = parse_descriptor(empty_systems(8000), path="t.ovf")
+    data = report.package_info(str(pkg))
     plan(empty_systems(8000), os_path)
-    assert len(env.systems) == 8000
+    assert len(data["systems"]) == 8000
     assert time.monotonic() - start < 10
 
 
-def _best_time(fn, data: bytes, runs: int = 2) -> float:
+def _best_time(fn, data: bytes, runs: int = 3) -> float:
     best = float("inf")
     for _ in range(runs):
         start = time.perf_counter()
