@@ -41,7 +41,16 @@ from .exportdir import (
     staging,
     write_config,
 )
-from .model import ByteRange, Disk, Envelope, FileRef, GanetiNic, VirtualSystem
+from .model import (
+    MAX_MEMORY,
+    MAX_VCPUS,
+    ByteRange,
+    Disk,
+    Envelope,
+    FileRef,
+    GanetiNic,
+    VirtualSystem,
+)
 from .package import Package, open_package
 from .progress import meter
 
@@ -304,6 +313,7 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
             backend[key] = value
     _consistent_memory(backend, req.backend)
     _refuse_unusable(vs, backend, path)
+    _check_package_sizes(vs, backend, req.backend, path)
     # Hypervisor
     hypervisor = req.hypervisor
     if hypervisor is None and gnt and gnt.hypervisor:
@@ -406,6 +416,30 @@ def _refuse_unusable(vs: VirtualSystem, backend: Mapping[str, str], path: str) -
         if problem and key not in backend:
             raise DescriptorError(f"system {vs.system_id!r}: {problem}; give it with "
                                   f"{option}", path)
+
+
+_SIZE_OPTIONS = {"vcpus": ("-B vcpus=N", MAX_VCPUS),
+                 "maxmem": ("-B maxmem=SIZE", MAX_MEMORY >> 20),
+                 "minmem": ("-B minmem=SIZE", MAX_MEMORY >> 20)}
+
+
+def _check_package_sizes(vs: VirtualSystem, backend: Mapping[str, str],
+                         given: Mapping[str, str], path: str) -> None:
+    """The CPU count and memory (MiB) a package's Ganeti section sets are
+    bounded like the OVF ones: a whole number Ganeti's hypervisors can run,
+    or refused naming the option (the operator's own -B is not checked
+    here: Ganeti checks it, and it is not a stranger's)."""
+    for key, (option, limit) in _SIZE_OPTIONS.items():
+        value = backend.get(key)
+        if value is None or key in given or (key != "vcpus" and "memory" in given):
+            continue
+        text = value.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 20
+                and 1 <= int(text) <= limit):
+            shown = repr(value[:40]) + ("..." if len(value) > 40 else "")
+            raise DescriptorError(f"system {vs.system_id!r}: the package's Ganeti section "
+                                  f"sets {key} {shown}, not a whole number from 1 to {limit}; "
+                                  f"give it with {option}", path)
 
 
 def _plan_nics(vs: VirtualSystem, req: ImportRequest, gnt, warnings: list[str],

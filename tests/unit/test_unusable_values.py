@@ -179,3 +179,39 @@ def test_item_without_quantity_is_omitted_not_unusable(os_path):
                       "<rasd:Reservation>64</rasd:Reservation></Item>")
     cfg, _plan, _w = plan(data, os_path)
     assert "maxmem" not in cfg.backend
+
+
+def _with_ganeti_backend(params: str) -> bytes:
+    return descriptor(CPU1, MEM64).replace(
+        b'<VirtualSystem ovf:id="vm">',
+        b'<VirtualSystem ovf:id="vm"><gnt:GanetiSection xmlns:gnt="http://ganeti">'
+        b"<gnt:Backend><gnt:Parameters>" + params.encode()
+        + b"</gnt:Parameters></gnt:Backend></gnt:GanetiSection>")
+
+
+@pytest.mark.parametrize("params, key, shown, limit, option", [
+    ("<gnt:vcpus>1000000000</gnt:vcpus>", "vcpus", "'1000000000'", MAX_VCPUS, "-B vcpus=N"),
+    ("<gnt:vcpus>0</gnt:vcpus>", "vcpus", "'0'", MAX_VCPUS, "-B vcpus=N"),
+    ("<gnt:maxmem>-1</gnt:maxmem>", "maxmem", "'-1'", 1 << 32, "-B maxmem=SIZE"),
+    ("<gnt:maxmem>lots</gnt:maxmem>", "maxmem", "'lots'", 1 << 32, "-B maxmem=SIZE"),
+    ("<gnt:maxmem>512</gnt:maxmem><gnt:minmem>99999999999999999999999</gnt:minmem>",
+     "minmem", "'99999999999999999999999'", 1 << 32, "-B minmem=SIZE"),
+])
+def test_ganeti_section_sizes_are_bounded_too(params, key, shown, limit, option, os_path):
+    data = _with_ganeti_backend(params)
+    with pytest.raises(DescriptorError) as e:
+        plan(data, os_path)
+    assert str(e.value) == (f"vm.ova: system 'vm': the package's Ganeti section sets {key} "
+                            f"{shown}, not a whole number from 1 to {limit}; give it with "
+                            f"{option}")
+    given = {"memory": "256"} if key != "vcpus" else {key: "2"}
+    cfg, _plan, _w = plan(data, os_path, backend=given)
+    assert cfg.backend[key] == given.get(key, "256")
+
+
+def test_ganeti_section_sizes_in_bounds_are_used(os_path):
+    data = _with_ganeti_backend("<gnt:vcpus>4</gnt:vcpus><gnt:maxmem>2048</gnt:maxmem>"
+                                "<gnt:minmem>1024</gnt:minmem>")
+    cfg, _plan, _w = plan(data, os_path)
+    assert (cfg.backend["vcpus"], cfg.backend["maxmem"], cfg.backend["minmem"]) == (
+        "4", "2048", "1024")
