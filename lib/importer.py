@@ -41,7 +41,16 @@ from .exportdir import (
     staging,
     write_config,
 )
-from .model import ByteRange, Disk, Envelope, FileRef, GanetiNic, VirtualSystem
+from .model import (
+    MAX_MEMORY,
+    MAX_VCPUS,
+    ByteRange,
+    Disk,
+    Envelope,
+    FileRef,
+    GanetiNic,
+    VirtualSystem,
+)
 from .package import Package, open_package
 from .progress import meter
 
@@ -303,6 +312,8 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
         else:
             backend[key] = value
     _consistent_memory(backend, req.backend)
+    _refuse_unusable(vs, backend, path)
+    _check_package_sizes(vs, backend, req.backend, path)
     # Hypervisor
     hypervisor = req.hypervisor
     if hypervisor is None and gnt and gnt.hypervisor:
@@ -337,6 +348,11 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
         for i in range(count):
             src = vs.disks[i] if i < len(vs.disks) else None
             size = req.disk_sizes.get(i)
+            if size is None and src is not None and src.capacity_problem:
+                # Not replaced by the image's size: the package asked for a
+                # capacity, and what it meant is unknown.
+                raise DescriptorError(f"disk {src.disk_id!r}: {src.capacity_problem}; give "
+                                      f"its size with --disk {i}:size=SIZE", path)
             if size is None:
                 if src is None:
                     raise UsageError(f"--disk: disk {i} is not in the package, and disks "
@@ -387,6 +403,43 @@ def _consistent_memory(backend: dict[str, str], given: Mapping[str, str]) -> Non
         backend["minmem"] = backend["maxmem"]
     elif "minmem" in given and "maxmem" not in given:
         backend["maxmem"] = backend["minmem"]
+
+
+def _refuse_unusable(vs: VirtualSystem, backend: Mapping[str, str], path: str) -> None:
+    """A CPU count or memory the package declares but that cannot be used
+    is refused, not replaced by Ganeti's default: the instance would get
+    what the package did not ask for.  A value from the command line (or
+    Ganeti's own section) makes the declared one irrelevant; a value the
+    package leaves out is no problem (Ganeti's defaults apply, as upstream)."""
+    for problem, key, option in ((vs.memory_problem, "maxmem", "-B maxmem=SIZE"),
+                                 (vs.cpus_problem, "vcpus", "-B vcpus=N")):
+        if problem and key not in backend:
+            raise DescriptorError(f"system {vs.system_id!r}: {problem}; give it with "
+                                  f"{option}", path)
+
+
+_SIZE_OPTIONS = {"vcpus": ("-B vcpus=N", MAX_VCPUS),
+                 "maxmem": ("-B maxmem=SIZE", MAX_MEMORY >> 20),
+                 "minmem": ("-B minmem=SIZE", MAX_MEMORY >> 20)}
+
+
+def _check_package_sizes(vs: VirtualSystem, backend: Mapping[str, str],
+                         given: Mapping[str, str], path: str) -> None:
+    """The CPU count and memory (MiB) a package's Ganeti section sets are
+    bounded like the OVF ones: a whole number Ganeti's hypervisors can run,
+    or refused naming the option (the operator's own -B is not checked
+    here: Ganeti checks it, and it is not a stranger's)."""
+    for key, (option, limit) in _SIZE_OPTIONS.items():
+        value = backend.get(key)
+        if value is None or key in given or (key != "vcpus" and "memory" in given):
+            continue
+        text = value.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 20
+                and 1 <= int(text) <= limit):
+            shown = repr(value[:40]) + ("..." if len(value) > 40 else "")
+            raise DescriptorError(f"system {vs.system_id!r}: the package's Ganeti section "
+                                  f"sets {key} {shown}, not a whole number from 1 to {limit}; "
+                                  f"give it with {option}", path)
 
 
 def _plan_nics(vs: VirtualSystem, req: ImportRequest, gnt, warnings: list[str],

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 __all__ = [
+    "MAX_CAPACITY",
+    "MAX_MEMORY",
+    "MAX_VCPUS",
     "ByteRange",
     "FileRef",
     "Disk",
@@ -21,6 +24,24 @@ __all__ = [
     "VirtualSystem",
     "Envelope",
 ]
+
+
+#: The most vCPUs a package may ask for.  Ganeti itself only asks for a
+#: positive int (``BE_VCPUS`` is ``VTYPE_INT``); its hypervisors bound it:
+#: Linux KVM accepts at most 4096 on x86-64 (``KVM_MAX_VCPUS``, the top of
+#: ``CONFIG_KVM_MAX_NR_VCPUS``' range), Xen HVM guests 128
+#: (``HVM_MAX_VCPUS``).  Above the largest of these no Ganeti node runs it.
+MAX_VCPUS = 4096
+
+#: The most memory a package may ask for: 4 PiB, x86-64's largest
+#: physical address space (52 bits, the architectural MAXPHYADDR limit);
+#: no KVM or Xen guest can be given more.  (Ganeti's ``maxmem`` is an int
+#: of MiB, ``VTYPE_SIZE``, with no bound of its own.)
+MAX_MEMORY = 1 << 52
+
+#: The largest disk capacity that can be used: qemu-img's images are
+#: int64-sized (QEMU's ``BDRV_MAX_LENGTH`` is below ``INT64_MAX``).
+MAX_CAPACITY = (1 << 63) - (1 << 30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +81,8 @@ class Disk:
     """One virtual disk as attached to a system, in attachment order.
 
     ``file_ref`` is None for a blank disk (capacity only, created empty).
+    ``capacity_problem`` says why a declared capacity cannot be used
+    (capacity is then None); an omitted one is just None.
     """
 
     disk_id: str
@@ -68,6 +91,7 @@ class Disk:
     format_uri: str | None = None
     populated_size: int | None = None
     parent_ref: str | None = None
+    capacity_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +170,10 @@ class VirtualSystem:
     products: tuple[Product, ...] = ()
     eulas: tuple[str, ...] = ()
     ganeti: GanetiInfo | None = None
+    # Why a declared CPU count / memory cannot be used (the value is then
+    # None); None when it is usable or simply not declared.
+    cpus_problem: str | None = None
+    memory_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

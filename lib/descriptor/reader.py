@@ -4,7 +4,8 @@ Lenient: real tools write descriptors that fail their own schema (vendor
 sections, element order, odd namespaces), and the tools that made them read
 them fine; we read them too and record what we could not use in
 ``Envelope.warnings``.  Safe: the XML parser never loads a DTD, never
-expands entities, never touches the network.
+expands entities, never touches the network; a DOCTYPE that declares
+entities is refused outright (as defusedxml does), before parsing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from lxml import etree
 from .. import units
 from ..errors import DescriptorError, OvfError
 from ..model import (
+    MAX_CAPACITY,
     Disk,
     Envelope,
     FileRef,
@@ -27,211 +29,42 @@ from ..model import (
     Product,
     VirtualSystem,
 )
-from .names import RESOURCE_TYPES, ns_role, ovf_version_of
+from .elements import (
+    _attr,
+    _child,
+    _children,
+    _int,
+    _kind,
+    _number,
+    _qn,
+    _shown,
+    _text,
+    _vendor_attr,
+)
+from .hardware import HardwareMixin, Unusable, problem_of, usable
+from .names import ovf_version_of
+from .xmlsafe import MAX_DEPTH, MAX_MARKUP, parse_xml
 
-__all__ = ["parse_descriptor", "parse_xml"]
-
-_XSI = "http://www.w3.org/2001/XMLSchema-instance"
-MAX_DEPTH = 64
-
-
-def _parser() -> etree.XMLParser:
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
-
-
-def parse_xml(data: bytes, *, path: str | None = None) -> etree._Element:
-    """The root element, or DescriptorError with lxml's first complaint.
-
-    A file that declares UTF-16 but is really 8-bit (XenCenter does this)
-    is read again as UTF-8: that is what the producing tool meant.
-    """
-    try:
-        root = etree.fromstring(data, _parser())
-    except etree.XMLSyntaxError as e:
-        retry = _undeclare_utf16(data)
-        if retry is None:
-            raise _syntax_error(e, path) from e
-        try:
-            root = etree.fromstring(retry, _parser())
-        except etree.XMLSyntaxError:
-            raise _syntax_error(e, path) from e
-    except ValueError as e:  # e.g. unicode strings with declarations
-        raise DescriptorError(f"not readable as XML: {e}", path) from e
-    if root is None:
-        raise DescriptorError("empty XML document", path)
-    _check_depth(root, path)
-    return root
-
-
-def _xml_msg(e: etree.XMLSyntaxError) -> str:
-    msg = str(e.msg if getattr(e, "msg", None) else e)
-    return msg.splitlines()[0] if msg else "syntax error"
-
-
-def _syntax_error(e: etree.XMLSyntaxError, path: str | None) -> DescriptorError:
-    """lxml's complaint as our one line; libxml2's own limits said plainly
-    (its advice to 'use XML_PARSE_HUGE' is not for an operator)."""
-    msg = _xml_msg(e)
-    if "Excessive depth" in msg:
-        return DescriptorError(f"XML nested deeper than {MAX_DEPTH} levels", path)
-    # libxml2 >= 2.10 says "amplification"; 2.9 (Debian 12) "entity reference loop".
-    if "amplification" in msg.lower() or "entity reference loop" in msg.lower():
-        return DescriptorError("XML entity declarations would expand beyond the parser's "
-                               "limit (an entity bomb); entities are never expanded", path)
-    return DescriptorError(f"not well-formed XML: {msg}", path)
-
-
-def _undeclare_utf16(data: bytes) -> bytes | None:
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return None  # really UTF-16
-    m = re.match(rb"\s*<\?xml[^>]*encoding=[\"']utf-16[\"'][^>]*\?>", data, re.I)
-    if not m:
-        return None
-    return data[m.end():]
-
-
-def _check_depth(root: etree._Element, path: str | None) -> None:
-    stack = [(root, 1)]
-    while stack:
-        el, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise DescriptorError(f"XML nested deeper than {MAX_DEPTH} levels", path)
-        stack.extend((c, depth + 1) for c in el)
-
-
-# ---------------------------------------------------------------- helpers
-
-def _qn(el: etree._Element) -> tuple[str, str]:
-    """(role, local name) of an element."""
-    if not isinstance(el.tag, str):
-        return ("", "")
-    q = etree.QName(el)
-    return ns_role(q.namespace), q.localname
-
-
-def _kind(el: etree._Element) -> str:
-    """Local name, with 0.9's ``<Section xsi:type="ovf:DiskSection_Type">``
-    and ``<Content xsi:type=...>`` resolved to what they are."""
-    role, local = _qn(el)
-    if local in ("Section", "Content") and role == "ovf":
-        t = el.get(f"{{{_XSI}}}type")
-        if t:
-            t = t.split(":")[-1]
-            return t[:-5] if t.endswith("_Type") else t
-    return local
-
-
-def _children(el: etree._Element, local: str, role: str = "ovf") -> Iterator[etree._Element]:
-    for c in el:
-        if isinstance(c.tag, str) and _kind(c) == local and _qn(c)[0] == role:
-            yield c
-
-
-def _child(el: etree._Element, local: str, role: str = "ovf") -> etree._Element | None:
-    return next(_children(el, local, role), None)
-
-
-def _text(el: etree._Element | None) -> str | None:
-    """The element's text, entity references left out (never expanded)."""
-    if el is None:
-        return None
-    parts: list[str] = []
-    _collect_text(el, parts)
-    t = "".join(parts).strip()
-    return t or None
-
-
-def _collect_text(el: etree._Element, parts: list[str]) -> None:
-    if el.text:
-        parts.append(el.text)
-    for c in el:
-        if isinstance(c.tag, str):  # not an entity reference
-            _collect_text(c, parts)
-        if c.tail:
-            parts.append(c.tail)
-
-
-def _shown(value: str) -> str:
-    """A value in repr for a message, cut short so one line stays short."""
-    if len(value) <= 80:
-        return repr(value)
-    return f"{value[:80]!r}... ({len(value)} characters)"
-
-
-def _attr(el: etree._Element, local: str) -> str | None:
-    """An attribute by local name, in the OVF namespace or unqualified
-    (some producers drop the prefix; VMware 0.9 uses its own namespace)."""
-    for k, v in el.attrib.items():
-        q = etree.QName(k)
-        if q.localname == local and (q.namespace is None or ns_role(q.namespace) == "ovf"):
-            return v
-    return None
-
-
-def _vendor_attr(el: etree._Element, local: str, role: str) -> str | None:
-    for k, v in el.attrib.items():
-        q = etree.QName(k)
-        if q.localname == local and q.namespace and ns_role(q.namespace) == role:
-            return v
-    return None
-
-
-_WHOLE = re.compile(r"\s*([-+]?)([0-9]{1,100})\s*")
-
-
-def _int(value: str | None, what: str, path: str | None) -> int | None:
-    """A whole number >= 0; None if absent; DescriptorError otherwise."""
-    if value is None or value.strip() == "":
-        return None
-    m = _WHOLE.fullmatch(value)
-    if m is None:
-        raise DescriptorError(f"{what} {_shown(value)} is not a whole number", path)
-    if m.group(1) == "-" and int(m.group(2)) != 0:
-        raise DescriptorError(f"{what} {_shown(value)} is negative", path)
-    return int(m.group(2))
-
-
-def _number(value: str) -> int | None:
-    """A whole number, maybe negative; None if ``value`` is not one."""
-    m = _WHOLE.fullmatch(value)
-    if m is None:
-        return None
-    return -int(m.group(2)) if m.group(1) == "-" else int(m.group(2))
-
-
-def _rasd(item: etree._Element, local: str) -> str | None:
-    """A RASD-like field of an Item/StorageItem/EthernetPortItem by local name."""
-    for c in item:
-        if isinstance(c.tag, str) and _qn(c)[1] == local and _qn(c)[0] in (
-                "rasd", "sasd", "epasd", "ovf", "other"):
-            return _text(c)
-    return None
-
+__all__ = ["MAX_DEPTH", "MAX_MARKUP", "parse_descriptor", "parse_xml"]
 
 # ---------------------------------------------------------------- reader
 
-class _Reader:
+class _Reader(HardwareMixin):
     def __init__(self, root: etree._Element, path: str | None,
                  configuration: str | None) -> None:
         self.root = root
         self.path = path
-        self.warnings: list[str] = []
+        self.warnings: dict[str, None] = {}  # in order, each once
+        self._vs: list[etree._Element] | None = None
         self.wanted_configuration = configuration
         self.configuration: str | None = None
         self.files: dict[str, FileRef] = {}
+        self.files_by_href: dict[str, FileRef] = {}
+        self.disk_of_file: dict[str, Disk] = {}  # File id -> the one Disk using it
         self.properties: dict[str, str | None] = {}
 
     def warn(self, msg: str) -> None:
-        if msg not in self.warnings:
-            self.warnings.append(msg)
+        self.warnings.setdefault(msg, None)
 
     def read(self) -> Envelope:
         root = self.root
@@ -309,6 +142,7 @@ class _Reader:
                 ref = self._file(f)
                 old = out.get(ref.file_id)
                 if old is None:
+                    self._unique_href(ref)
                     out[ref.file_id] = ref
                 elif old == ref:
                     self.warn(f"file id {ref.file_id!r} is declared twice, identically")
@@ -317,6 +151,14 @@ class _Reader:
                         f"file id {_shown(ref.file_id)} is declared twice (as "
                         f"{_shown(old.href)} and {_shown(ref.href)})", self.path)
         return out
+
+    def _unique_href(self, ref: FileRef) -> None:
+        """Two Files naming one href: which declaration (size, compression,
+        chunking) describes the bytes cannot be told; refused."""
+        other = self.files_by_href.setdefault(ref.href, ref)
+        if other is not ref:
+            raise DescriptorError(f"files {_shown(other.file_id)} and {_shown(ref.file_id)} "
+                                  f"both have href {_shown(ref.href)}", self.path)
 
     def _file(self, f: etree._Element) -> FileRef:
         fid = _attr(f, "id")
@@ -358,6 +200,7 @@ class _Reader:
                 disk = self._disk(d, files)
                 old = out.get(disk.disk_id)
                 if old is None:
+                    self._one_disk_per_file(disk)
                     out[disk.disk_id] = disk
                 elif old == disk:
                     self.warn(f"disk id {disk.disk_id!r} is declared twice, identically")
@@ -366,15 +209,28 @@ class _Reader:
                                           "differently", self.path)
         return out
 
+    def _one_disk_per_file(self, disk: Disk) -> None:
+        """One File behind two Disks would import the same bytes twice under
+        two capacities and formats: which one the package means is a guess."""
+        if disk.file_ref is None:
+            return
+        other = self.disk_of_file.setdefault(disk.file_ref.file_id, disk)
+        if other is not disk:
+            raise DescriptorError(f"file {_shown(disk.file_ref.file_id)} is used by two "
+                                  f"disks, {_shown(other.disk_id)} and {_shown(disk.disk_id)}",
+                                  self.path)
+
     def _disk(self, d: etree._Element, files: Mapping[str, FileRef]) -> Disk:
         did = _attr(d, "diskId")
         fref = (_attr(d, "fileRef") or "").strip()
         if not did:
             raise DescriptorError("Disk without ovf:diskId"
                                   + (f" (fileRef {_shown(fref)})" if fref else ""), self.path)
+        capacity = self._capacity(d, did)
         return Disk(
             disk_id=did,
-            capacity=self._capacity(d, did),
+            capacity=capacity if isinstance(capacity, int) else None,
+            capacity_problem=capacity.problem if isinstance(capacity, Unusable) else None,
             file_ref=self._disk_file(did, fref, files) if fref else None,
             format_uri=_attr(d, "format"),
             populated_size=self._populated(d, did),
@@ -386,27 +242,35 @@ class _Reader:
         if ref is not None:
             return ref
         # oVirt's fileRef is the File's href ("image-group/image"), not its id.
-        by_href = [f for f in files.values() if f.href == fref]
-        if len(by_href) == 1:
-            return by_href[0]
+        by_href = self.files_by_href.get(fref)
+        if by_href is not None:
+            return by_href
         raise DescriptorError(f"disk {_shown(did)} refers to file {_shown(fref)}, which "
                               "References does not declare", self.path)
 
-    def _capacity(self, d: etree._Element, did: str) -> int | None:
+    def _capacity(self, d: etree._Element, did: str) -> int | Unusable | None:
+        """The capacity in bytes; None if not declared; Unusable if declared
+        but unusable (info shows the package, import refuses it)."""
         cap = _attr(d, "capacity")
         if cap is None or not cap.strip():
             return None
+        unit = _attr(d, "capacityAllocationUnits")
+        problem = None
         try:
             value = units.resolve_properties(cap, self.properties, path=self.path)
-            unit = _attr(d, "capacityAllocationUnits")
             n = units.to_bytes(value, unit, default_units="byte", path=self.path)
         except OvfError as e:
-            self.warn(f"disk {did!r}: capacity {_shown(cap)} not usable ({e.problem})")
-            return None
-        if n == 0:
-            self.warn(f"disk {did!r}: capacity {_shown(cap)} is zero; ignored")
-            return None
-        return n
+            problem = f"capacity {_shown(cap)} not usable ({e.problem})"
+        else:
+            if n == 0:
+                problem = f"capacity {_shown(cap)} is zero"
+            elif n > MAX_CAPACITY:
+                problem = (f"capacity {_shown(cap)} ({unit or 'byte'}) is more than a disk "
+                           "image can hold (2^63 bytes)")
+        if problem is None:
+            return n
+        self.warn(f"disk {did!r}: {problem}; import needs --disk N:size=SIZE")
+        return Unusable(problem, cap)
 
     def _populated(self, d: etree._Element, did: str) -> int | None:
         """ovf:populatedSize is informational: unusable means unknown."""
@@ -448,15 +312,16 @@ class _Reader:
 
     def _configurations(self) -> tuple[tuple[str, ...], str | None]:
         sec = next(self._sections(self.root, "DeploymentOptionSection"), None)
-        ids: list[str] = []
+        seen: dict[str, None] = {}  # in order, each once
         default = None
         for c in (_children(sec, "Configuration") if sec is not None else ()):
             cid = _attr(c, "id")
-            if not cid or cid in ids:
+            if not cid or cid in seen:
                 continue
-            ids.append(cid)
+            seen[cid] = None
             if default is None and (_attr(c, "default") or "").strip().lower() in ("true", "1"):
                 default = cid
+        ids = list(seen)
         if not ids:
             if self.wanted_configuration is not None:
                 raise DescriptorError(
@@ -465,12 +330,12 @@ class _Reader:
             return (), None
         chosen = default or ids[0]
         if self.wanted_configuration is not None:
-            if self.wanted_configuration not in ids:
+            if self.wanted_configuration not in seen:
                 raise DescriptorError(
                     f"no deployment configuration {self.wanted_configuration!r}; "
                     f"the package offers {', '.join(ids)}", self.path)
             chosen = self.wanted_configuration
-        ordered = tuple([chosen] + [i for i in ids if i != chosen])
+        ordered = (chosen, *(i for i in ids if i != chosen))
         return ordered, chosen
 
     def _applies(self, item: etree._Element) -> bool:
@@ -543,14 +408,20 @@ class _Reader:
         ganeti = self._ganeti(vs) or env_ganeti
         return VirtualSystem(
             system_id=sid, name=name, info=_text(_child(vs, "Info")), os_id=os_id,
-            os_description=os_desc, os_type=os_type, cpus=cpus, memory=memory,
-            disks=tuple(sys_disks), nics=tuple(nics), video_memory=video,
-            virtual_system_type=vtype, products=products, eulas=eulas, ganeti=ganeti,
+            os_description=os_desc, os_type=os_type, cpus=usable(cpus),
+            memory=usable(memory), disks=tuple(sys_disks), nics=tuple(nics),
+            video_memory=usable(video), virtual_system_type=vtype, products=products,
+            eulas=eulas, ganeti=ganeti, cpus_problem=problem_of(cpus),
+            memory_problem=problem_of(memory),
         )
 
     def _all_vs(self) -> list[etree._Element]:
-        return [e for e in self.root.iter()
-                if isinstance(e.tag, str) and _kind(e) == "VirtualSystem" and _qn(e)[0] == "ovf"]
+        """Every VirtualSystem anywhere, found once: asking again per system
+        made a collection of N systems cost N walks of the tree."""
+        if self._vs is None:
+            self._vs = [e for e in self.root.iter() if isinstance(e.tag, str)
+                        and _kind(e) == "VirtualSystem" and _qn(e)[0] == "ovf"]
+        return self._vs
 
     def _product(self, p: etree._Element) -> Product:
         props = {}
@@ -562,161 +433,6 @@ class _Reader:
             version=_text(_child(p, "Version")), full_version=_text(_child(p, "FullVersion")),
             product_url=_text(_child(p, "ProductUrl")), properties=props,
         )
-
-    def _hardware(self, hw: etree._Element, sid: str, disks: Mapping[str, Disk]):
-        # (for the chosen configuration only?, value) per quantity, in item order
-        found: dict[str, list[tuple[bool, int]]] = {"CPU": [], "memory": [], "video memory": []}
-        sys_disks: list[Disk] = []
-        nics: list[Nic] = []
-        for item in hw:
-            if not isinstance(item.tag, str):
-                continue
-            if _kind(item) not in ("Item", "StorageItem", "EthernetPortItem"):
-                continue
-            if not self._applies(item):
-                continue
-            raw_type = _rasd(item, "ResourceType")
-            rtype = _number(raw_type) if raw_type else None
-            label = _rasd(item, "ElementName") or _rasd(item, "InstanceID") or "?"
-            if rtype is None and any(isinstance(c.tag, str) for c in item):
-                self.warn(f"system {sid!r}: item {label!r} has no usable ResourceType "
-                          f"({_shown(raw_type or '')}); ignored")
-            value: int | None = None
-            if rtype == RESOURCE_TYPES["processor"]:
-                value = self._count(item, sid, label)
-                what = "CPU"
-            elif rtype == RESOURCE_TYPES["memory"]:
-                value = self._bytes(item, sid, label, "memory")
-                what = "memory"
-            elif rtype == RESOURCE_TYPES["graphics"]:
-                value = self._bytes(item, sid, label, "video memory", quiet=True)
-                what = "video memory"
-            elif rtype == RESOURCE_TYPES["ethernet"]:
-                nics.append(Nic(network=_rasd(item, "Connection"),
-                                mac=_rasd(item, "Address"),
-                                model=_rasd(item, "ResourceSubType"),
-                                name=_rasd(item, "ElementName")))
-            elif rtype == RESOURCE_TYPES["disk"]:
-                d = self._disk_item(item, sid, label, disks)
-                if d is not None:
-                    sys_disks.append(d)
-            elif rtype in (RESOURCE_TYPES["cdrom"], RESOURCE_TYPES["dvd"],
-                           RESOURCE_TYPES["floppy"]):
-                host = _rasd(item, "HostResource")
-                if host:
-                    self.warn(f"system {sid!r}: {label!r} media {host!r} is not imported")
-            if value is not None:
-                found[what].append((self._specific(item) is True, value))
-        cpus, memory, video = (self._choose(sid, what, found[what])
-                               for what in ("CPU", "memory", "video memory"))
-        return cpus, memory, video, sys_disks, nics
-
-    def _choose(self, sid: str, what: str, found: list[tuple[bool, int]]) -> int | None:
-        """An item made for the chosen configuration beats one for all;
-        among equals the first wins, and a disagreement is reported."""
-        best = [v for specific, v in found if specific] or [v for _s, v in found]
-        if not best:
-            return None
-        if len(set(best)) > 1:
-            self.warn(f"system {sid!r}: {len(best)} {what} items disagree "
-                      f"({', '.join(map(str, best))}); using the first")
-        return best[0]
-
-    def _count(self, item: etree._Element, sid: str, label: str) -> int | None:
-        q = _rasd(item, "VirtualQuantity")
-        if q is None:
-            ovirt = self._ovirt_cpus(item)
-            if ovirt is None:
-                self.warn(f"system {sid!r}: CPU item {label!r} has no VirtualQuantity; "
-                          "ignored")
-            return ovirt
-        try:
-            value = units.resolve_properties(q, self.properties, path=self.path)
-        except OvfError as e:
-            self.warn(f"system {sid!r}: CPU count {_shown(q)} not usable ({e.problem})")
-            return None
-        n = _number(value)
-        if n is None or n <= 0:
-            self.warn(f"system {sid!r}: CPU count {_shown(q)} is not a positive whole "
-                      "number; ignored")
-            return None
-        return n
-
-    @staticmethod
-    def _ovirt_cpus(item: etree._Element) -> int | None:
-        """oVirt counts CPUs as sockets x cores per socket (x threads)."""
-        n = 1
-        for local, required in (("num_of_sockets", True), ("cpu_per_socket", True),
-                                ("threads_per_cpu", False)):
-            raw = _rasd(item, local)
-            v = _number(raw) if raw else None
-            if v is None or v <= 0:
-                if required or raw:
-                    return None
-                continue
-            n *= v
-        return n
-
-    def _bytes(self, item: etree._Element, sid: str, label: str, what: str,
-               quiet: bool = False) -> int | None:
-        q = _rasd(item, "VirtualQuantity")
-        if q is None:
-            if not quiet:  # e.g. an item that only sets a Reservation
-                self.warn(f"system {sid!r}: {what} item {label!r} has no VirtualQuantity; "
-                          "ignored")
-            return None
-        unit = _rasd(item, "AllocationUnits") or _rasd(item, "VirtualQuantityUnits")
-        if unit is None:
-            # What VMware and VirtualBox assume; said aloud, never silent.
-            self.warn(f"system {sid!r}: {what} has no AllocationUnits; read as MiB")
-            unit = "byte * 2^20"
-        try:
-            value = units.resolve_properties(q, self.properties, path=self.path)
-            n = units.to_bytes(value, unit, path=self.path)
-        except OvfError as e:
-            self.warn(f"system {sid!r}: {what} {_shown(q)} not usable ({e.problem})")
-            return None
-        if n == 0 and not quiet:
-            self.warn(f"system {sid!r}: {what} {_shown(q)} is zero; ignored")
-            return None
-        return n
-
-    _HOST_RESOURCE = re.compile(r"^(?:ovf:)?/*(disk|file)/(.+)$")
-
-    def _disk_item(self, item: etree._Element, sid: str, label: str,
-                   disks: Mapping[str, Disk]) -> Disk | None:
-        host = _rasd(item, "HostResource")
-        if not host:
-            self.warn(f"system {sid!r}: disk item {label!r} without HostResource ignored")
-            return None
-        # ovf:/disk/ID as the spec says, /disk/ID (VirtualBox, 0.9) and
-        # ovf://disk/ID (open-ovf, some VMware) alike.
-        m = self._HOST_RESOURCE.match(host)
-        if m:
-            kind, ref = m.groups()
-            if kind == "disk":
-                d = disks.get(ref)
-                if d is None:
-                    raise DescriptorError(f"system {sid!r}: disk item refers to disk "
-                                          f"{_shown(ref)}, which DiskSection does not "
-                                          "declare", self.path)
-                return d
-            fref = self.files.get(ref)
-            if fref is None:
-                raise DescriptorError(f"system {sid!r}: disk item refers to file "
-                                      f"{_shown(ref)}, which References does not declare",
-                                      self.path)
-            declared = next((d for d in disks.values() if d.file_ref == fref), None)
-            return declared or Disk(disk_id=ref, capacity=None, file_ref=fref)
-        # oVirt and virt-v2v write the disk's file (id or href) bare.
-        d = disks.get(host) or next(
-            (d for d in disks.values()
-             if d.file_ref is not None and host in (d.file_ref.file_id, d.file_ref.href)),
-            None)
-        if d is not None:
-            return d
-        raise DescriptorError(f"system {sid!r}: disk HostResource {_shown(host)} is neither "
-                              "ovf:/disk/ID nor ovf:/file/ID", self.path)
 
     # -- Ganeti's own section ---------------------------------------------
 

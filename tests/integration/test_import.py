@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from make_fixtures import Appliance, DiskSpec, build_descriptor
 
+from ganeti_ovf import report
 from ganeti_ovf.errors import (
+    DescriptorError,
     DiskImageError,
     IntegrityError,
     OsNameError,
@@ -176,6 +178,52 @@ def test_memory_units(build, tmp_path, os_path, units, mib):
     res = import_package(pkg, str(tmp_path / "o"), req(os_path))
     want = str(mib if units != "byte * 2^30" else 2048)
     assert ini(res.path)["instance"]["maxmem"] == want
+
+
+def test_unusable_declared_values_refused_unless_overridden(build, tmp_path, os_path):
+    """Zero vCPUs, zero memory and an absurd capacity unit: refused one at a
+    time, naming the option; with every override given, imported as asked."""
+    pkg, _ = build(Appliance(name="bad", cpus=0, memory_mib=0,
+                             disks=[DiskSpec(2 * MIB, "qcow2")]))
+    data = report.package_info(pkg)  # info still shows the package, and what is wrong
+    (vs,) = data["systems"]
+    assert (vs["cpus"], vs["memory"]) == (None, None)
+    assert "system 'bad': CPU count '0' is not a positive whole number; import needs " \
+           "-B vcpus=N" in data["warnings"]
+    assert any("import needs -B maxmem=SIZE" in w for w in data["warnings"])
+    out = tmp_path / "export"
+    out.mkdir()
+    with pytest.raises(DescriptorError, match=r"memory '0' \(byte \* 2\^20\) is zero; "
+                                              r"give it with -B maxmem=SIZE$"):
+        import_package(pkg, str(out), req(os_path))
+    with pytest.raises(DescriptorError, match=r"CPU count '0' is not a positive whole "
+                                              r"number; give it with -B vcpus=N$"):
+        import_package(pkg, str(out), req(os_path, backend={"maxmem": "128"}))
+    assert os.listdir(out) == []
+    res = import_package(pkg, str(out), req(os_path, backend={"maxmem": "128", "vcpus": "2"}))
+    inst = ini(res.path)["instance"]
+    assert (inst["maxmem"], inst["vcpus"]) == ("128", "2")
+
+
+def test_absurd_capacity_refused_unless_size_given(build, tmp_path, os_path):
+    pkg, raws = build(Appliance(name="cap", disks=[DiskSpec(2 * MIB, "raw")]), ova=False)
+    ovf = Path(pkg)
+    xml = ovf.read_bytes()
+    xml = re.sub(rb'ovf:capacity="\d+"', b'ovf:capacity="1" '
+                 b'ovf:capacityAllocationUnits="byte * 2^999"', xml)
+    ovf.write_bytes(xml)
+    mf = ovf.with_suffix(".mf")
+    if mf.exists():
+        mf.unlink()
+    out = tmp_path / "export"
+    with pytest.raises(DescriptorError, match=r"disk 'vmdisk0': capacity '1' not usable "
+                                              r"\(oversized allocation unit 'byte \* 2\^999'\); "
+                                              r"give its size with --disk 0:size=SIZE$"):
+        import_package(pkg, str(out), req(os_path))
+    res = import_package(pkg, str(out), req(os_path, disk_sizes={0: 4 * MIB}))
+    cp = ini(res.path)
+    assert cp["instance"]["disk0_size"] == "4"
+    assert dump_bytes(res.path, cp, 0)[: len(raws[0])] == raws[0]
 
 
 def test_ganeti_section_gives_os(build, tmp_path, os_path):
