@@ -16,11 +16,11 @@ import os
 import re
 import resource
 import stat
-import tarfile
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from . import tarindex
 from .errors import PackageError, UnsafeMemberError
 from .model import ByteRange, FileRef
 
@@ -374,21 +374,15 @@ class OvaPackage(Package):
     def _index(self, path: str, fd: int, container: str) -> None:
         self._members: dict[str, Member] = {}
         order: list[str] = []
-        try:
-            with os.fdopen(os.dup(fd), "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-                for ti in tar:
-                    name = _check_tar_member(ti, path)
-                    if name is None:
-                        continue
-                    if name in self._members:
-                        raise UnsafeMemberError(f"member {name!r} appears twice", path, name)
-                    self._members[name] = Member(name, container, ti.offset_data, ti.size,
-                                                 f"{path}: {name}")
-                    order.append(name)
-        except tarfile.TarError as e:
-            raise PackageError(f"not a valid OVA (tar) archive: {e}", path) from e
-        except OSError as e:
-            raise PackageError(f"cannot read: {e.strerror or e}", path) from e
+        for ent in tarindex.walk(fd, path):
+            name = _check_tar_member(ent, path)
+            if name is None:
+                continue
+            if name in self._members:
+                raise UnsafeMemberError(f"member {name!r} appears twice", path, name)
+            self._members[name] = Member(name, container, ent.offset, ent.size,
+                                         f"{path}: {name}")
+            order.append(name)
         size = os.fstat(fd).st_size
         end = 0
         for m in sorted(self._members.values(), key=lambda m: m.offset):
@@ -402,8 +396,13 @@ class OvaPackage(Package):
         descriptors = [n for n in order if n.lower().endswith(".ovf")]
         if not descriptors:
             raise PackageError("no OVF descriptor (.ovf member) in the archive", path)
-        # DSP0243: the descriptor is the first member; others read the
-        # first .ovf wherever it is, and so do we.
+        if len(descriptors) > 1:
+            # DSP0243: one descriptor, the first member.  Tools differ on
+            # which of two they read (the first, the last, the one matching
+            # the OVA's name), so the operator could not know what runs.
+            raise UnsafeMemberError(f"holds two descriptors, {descriptors[0]!r} and "
+                                    f"{descriptors[1]!r}; an OVA has exactly one", path,
+                                    descriptors[1])
         self.descriptor_name = descriptors[0]
 
     def member(self, name: str) -> Member | None:
@@ -413,23 +412,21 @@ class OvaPackage(Package):
         return self.order
 
 
-def _check_tar_member(ti: tarfile.TarInfo, path: str) -> str | None:
+def _check_tar_member(ent: tarindex.TarEntry, path: str) -> str | None:
     """Name of a regular member, None for a directory, UnsafeMemberError else."""
-    name = ti.name
-    if ti.isdir():
+    name = ent.name
+    if ent.kind == "dir":
         check_name(name, path=path)
         return None
-    if ti.issym() or ti.islnk():
-        raise UnsafeMemberError(f"member {name!r} is a link to {ti.linkname!r}; links are "
+    if ent.kind in ("symlink", "hardlink"):
+        raise UnsafeMemberError(f"member {name!r} is a link to {ent.linkname!r}; links are "
                                 "never followed", path, name)
-    if ti.issparse():
+    if ent.kind == "sparse":
         # Its data is not one contiguous byte range: reading it in place
         # would see other bytes than every extracting tool does.
         raise UnsafeMemberError(f"member {name!r} is a sparse tar member; an OVA holds "
                                 "plain members only", path, name)
-    if ti.size < 0:
-        raise UnsafeMemberError(f"member {name!r} has a negative size", path, name)
-    if not ti.isreg():
+    if ent.kind != "file":
         raise UnsafeMemberError(f"member {name!r} is not a regular file", path, name)
     return check_name(name, path=path)
 
@@ -468,11 +465,5 @@ def open_package(path: str) -> Package:
 def _looks_like_tar(head: bytes) -> bool:
     if len(head) < 512:
         return False
-    if head[257:262] == b"ustar":
-        return True
-    try:
-        # Old v7 tar: no magic, but a valid header checksum.
-        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
-        return True
-    except tarfile.HeaderError:
-        return False
+    # Old v7 tar has no magic, but a valid header checksum.
+    return head[257:262] == b"ustar" or tarindex.is_header(head)
