@@ -130,6 +130,10 @@ class Package:
         """Every regular file the package holds (for 'unreferenced file' checks)."""
         raise NotImplementedError
 
+    def _chunk_numbers(self, href: str) -> set[int]:
+        """The numbers N of the members named ``href.NNNNNNNNN`` (any N)."""
+        raise NotImplementedError
+
     # -- shared behaviour ------------------------------------------------
 
     def get(self, name: str) -> Member:
@@ -168,11 +172,11 @@ class Package:
         if not found:
             raise PackageError(f"chunked file {ref.href!r} has no chunk {href + '.000000000'!r}",
                                self.path)
-        later = [n for n in self.names() if n.startswith(href + ".")
-                 and CHUNK_SUFFIX.search(n) and int(n[-9:]) >= len(found)]
+        later = [i for i in self._chunk_numbers(href) if i >= len(found)]
         if later:
             raise PackageError(f"chunked file {ref.href!r} lacks chunk "
-                               f"{href}.{len(found):09d} but has {later[0]!r}", self.path)
+                               f"{href}.{len(found):09d} but has "
+                               f"{f'{href}.{min(later):09d}'!r}", self.path)
         for m in found[:-1]:
             if m.size != ref.chunk_size:
                 raise PackageError(f"chunk {m.name!r} is {m.size} bytes, not the declared "
@@ -340,6 +344,12 @@ class DirPackage(Package):
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
                     raise PackageError(f"file {name!r} changed while being opened", self.path)
+            if st.st_nlink > 1:
+                # Another name for a file elsewhere, perhaps one its owner
+                # never meant us to read (made by whoever wrote the package).
+                raise UnsafeMemberError(f"file {name!r} has {st.st_nlink} hard links; a "
+                                        "package file must have only its own name", self.path,
+                                        name)
             container = self._pin(opened.pop())
             return Member(name, container, 0, st.st_size, os.path.join(self.root, name))
         finally:
@@ -347,12 +357,53 @@ class DirPackage(Package):
                 os.close(fd)
 
     def names(self) -> tuple[str, ...]:
-        out = []
-        for dirpath, _dirnames, filenames in os.walk(self.root):
-            rel = os.path.relpath(dirpath, self.root)
-            for fn in filenames:
-                out.append(fn if rel == "." else f"{rel}/{fn}".replace(os.sep, "/"))
-        return tuple(sorted(out))
+        """The regular files beside the descriptor.  The tree below is never
+        walked: only names the descriptor references are looked up."""
+        return tuple(sorted(n for n in _listdir(self._root_fd, self.path)
+                            if stat.S_ISREG(_lstat(n, self._root_fd))))
+
+    def _chunk_numbers(self, href: str) -> set[int]:
+        """From one listing of the directory that holds ``href``'s chunks."""
+        head, _, base = href.rpartition("/")
+        fd = self._open_dir(head) if head else self._root_fd
+        if fd is None:
+            return set()
+        try:
+            return {int(n[-9:]) for n in _listdir(fd, self.path)
+                    if n.startswith(base + ".") and len(n) == len(base) + 10
+                    and CHUNK_SUFFIX.search(n)}
+        finally:
+            if fd != self._root_fd:
+                os.close(fd)
+
+    def _open_dir(self, name: str) -> int | None:
+        """A descriptor of the package's directory ``name``, no link followed."""
+        cur = self._root_fd
+        for part in name.split("/"):
+            try:
+                fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=cur)
+            except OSError:
+                fd = None
+            if cur != self._root_fd:
+                os.close(cur)
+            if fd is None:
+                return None
+            cur = fd
+        return cur
+
+
+def _listdir(fd: int, path: str) -> list[str]:
+    try:
+        return os.listdir(fd)
+    except OSError as e:
+        raise PackageError(f"cannot list its directory: {e.strerror}", path) from e
+
+
+def _lstat(name: str, dir_fd: int) -> int:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except OSError:
+        return 0
 
 
 class OvaPackage(Package):
@@ -393,6 +444,7 @@ class OvaPackage(Package):
                                         m.name)
             end = m.offset + m.size
         self.order = tuple(order)
+        self._chunks: dict[str, set[int]] | None = None
         descriptors = [n for n in order if n.lower().endswith(".ovf")]
         if not descriptors:
             raise PackageError("no OVF descriptor (.ovf member) in the archive", path)
@@ -410,6 +462,14 @@ class OvaPackage(Package):
 
     def names(self) -> tuple[str, ...]:
         return self.order
+
+    def _chunk_numbers(self, href: str) -> set[int]:
+        if self._chunks is None:  # one pass over the members, for every file
+            self._chunks = {}
+            for n in self.order:
+                if CHUNK_SUFFIX.search(n):
+                    self._chunks.setdefault(n[:-10], set()).add(int(n[-9:]))
+        return self._chunks.get(href, set())
 
 
 def _check_tar_member(ent: tarindex.TarEntry, path: str) -> str | None:

@@ -7,6 +7,7 @@ import configparser
 import io
 import os
 import re
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -338,3 +339,63 @@ def test_ova_with_two_descriptors_refused(build, tmp_path, os_path):
     with pytest.raises(UnsafeMemberError, match=r"two.ova: holds two descriptors, 'two.ovf' "
                                                 r"and 'evil.ovf'; an OVA has exactly one$"):
         import_package(str(bad), str(tmp_path / "o"), req(os_path))
+
+
+def _chunked_dir_package(build, name: str) -> tuple[str, Path]:
+    """A directory package whose one disk is stored in two chunks."""
+    pkg, _ = build(Appliance(name=name, disks=[DiskSpec(MIB, "raw")]), ova=False,
+                   manifest=None)
+    root = Path(pkg).parent
+    disk = root / f"{name}-disk1.raw"
+    raw = disk.read_bytes()
+    disk.unlink()
+    ovf = Path(pkg)
+    ovf.write_bytes(re.sub(rb' ovf:size="\d+"', b"", ovf.read_bytes()).replace(
+        b'ovf:id="file0"', f'ovf:id="file0" ovf:chunkSize="{MIB // 2}"'.encode()))
+    for i in range(2):
+        (root / f"{disk.name}.{i:09d}").write_bytes(raw[i * MIB // 2:(i + 1) * MIB // 2])
+    return pkg, root
+
+
+def test_deep_tree_beside_a_chunked_disk_is_never_walked(build, tmp_path, os_path):
+    """Looking for chunks walked the whole tree: RecursionError at 1100 levels."""
+    pkg, root = _chunked_dir_package(build, "deep")
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        for _ in range(1100):
+            os.mkdir("d", dir_fd=fd)
+            fd, old = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+            os.close(old)
+    finally:
+        os.close(fd)
+    try:
+        problems, _ = report.verify_package(pkg)
+        assert problems == []
+        res = import_package(pkg, str(tmp_path / "o"), req(os_path))
+        assert os.path.getsize(os.path.join(res.path, res.config.disks[0].dump)) == MIB
+        (root / "deep-disk1.raw.000000003").write_bytes(b"x")  # a gap is still found
+        with pytest.raises(PackageError, match=r"lacks chunk deep-disk1.raw.000000002 but "
+                                               r"has 'deep-disk1.raw.000000003'"):
+            import_package(pkg, str(tmp_path / "o2"), req(os_path))
+    finally:  # pytest's own clean-up recurses (Python 3.11): GNU rm does not
+        subprocess.run(["rm", "-rf", "--", str(root / "d")], check=True)
+
+
+@pytest.mark.parametrize("which", ["disk", "chunk", "descriptor"])
+def test_hard_link_in_a_directory_package_refused(build, tmp_path, os_path, which):
+    """A hard link (to a root-only file, say) is another name for a file outside."""
+    secret = tmp_path / "secret"
+    if which == "chunk":
+        pkg, root = _chunked_dir_package(build, "hl")
+        victim = root / "hl-disk1.raw.000000001"
+    else:
+        pkg, _ = build(Appliance(name="hl", disks=[DiskSpec(MIB, "raw")]), ova=False,
+                       manifest=None)
+        victim = Path(pkg) if which == "descriptor" else Path(pkg).parent / "hl-disk1.raw"
+    secret.write_bytes(victim.read_bytes())
+    victim.unlink()
+    os.link(secret, victim)
+    with pytest.raises(UnsafeMemberError, match=rf"file '{victim.name}' has 2 hard links; a "
+                                                "package file must have only its own name"):
+        import_package(pkg, str(tmp_path / "o"), req(os_path))
+    assert not (tmp_path / "o").exists()
