@@ -33,6 +33,7 @@ META_MAX = 1 << 20
 path and a size take a few hundred bytes."""
 
 _ZERO = bytes(BLOCK)
+_HIGH = bytes(range(128, 256))
 _FILE_TYPES = {b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"1": "hardlink",
                b"2": "symlink", b"S": "sparse"}
 _META_TYPES = (b"x", b"g", b"L", b"K")
@@ -74,9 +75,12 @@ def _checksum_ok(blk: bytes) -> bool:
     if not stored or stored.strip(b"01234567"):
         return False
     want = int(stored, 8)
-    unsigned = 256 + sum(blk[:148]) + sum(blk[156:])
-    signed = 256 + sum(b - 256 if b > 127 else b for b in blk[:148] + blk[156:])
-    return want in (unsigned, signed)
+    rest = blk[:148] + blk[156:]
+    unsigned = 256 + sum(rest)
+    if want == unsigned:
+        return True
+    high = len(rest) - len(rest.translate(None, _HIGH))  # old tars summed signed chars
+    return want == unsigned - 256 * high
 
 
 def is_header(blk: bytes) -> bool:
