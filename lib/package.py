@@ -4,8 +4,11 @@ tar read in place.
 An OVA is indexed once into ``Member`` values (name, data offset, size) and
 never extracted: a disk is handed on as a ``ByteRange`` of the tar itself.
 Every name is checked before use: no URLs, no absolute paths, no ``..``, no
-links or special files, no duplicates (a tar with two members of one name is
-ambiguous, and extraction tools disagree on which wins).
+links (symbolic, or hard links in a directory) or special files, no
+duplicates (a tar with two members of one name, or two descriptors, is
+ambiguous, and extraction tools disagree on which wins).  A directory
+package's tree is never walked: only the names the descriptor references
+are looked up.  An OVA's headers are read by :mod:`tarindex`.
 """
 
 from __future__ import annotations
@@ -293,6 +296,7 @@ class DirPackage(Package):
         self.root = os.path.dirname(real)
         self.descriptor_name = os.path.basename(real)
         self._members: dict[str, Member | None] = {}
+        self._listings: dict[str, tuple[str, ...]] = {}
         _raise_fd_limit()
         try:
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
@@ -365,16 +369,16 @@ class DirPackage(Package):
     def _chunk_numbers(self, href: str) -> set[int]:
         """From one listing of the directory that holds ``href``'s chunks."""
         head, _, base = href.rpartition("/")
-        fd = self._open_dir(head) if head else self._root_fd
-        if fd is None:
-            return set()
-        try:
-            return {int(n[-9:]) for n in _listdir(fd, self.path)
-                    if n.startswith(base + ".") and len(n) == len(base) + 10
-                    and CHUNK_SUFFIX.search(n)}
-        finally:
-            if fd != self._root_fd:
-                os.close(fd)
+        if head not in self._listings:
+            fd = self._open_dir(head) if head else self._root_fd
+            try:
+                self._listings[head] = () if fd is None else tuple(_listdir(fd, self.path))
+            finally:
+                if fd is not None and fd != self._root_fd:
+                    os.close(fd)
+        return {int(n[-9:]) for n in self._listings[head]
+                if n.startswith(base + ".") and len(n) == len(base) + 10
+                and CHUNK_SUFFIX.search(n)}
 
     def _open_dir(self, name: str) -> int | None:
         """A descriptor of the package's directory ``name``, no link followed."""
