@@ -4,7 +4,12 @@ and one member listed under several spellings."""
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import os
+import subprocess
+import sys
+import tarfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +26,7 @@ from ganeti_ovf.errors import IntegrityError
 from ganeti_ovf.importer import ImportRequest, import_package
 
 MIB = 1 << 20
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def req(os_path) -> ImportRequest:
@@ -53,6 +59,30 @@ def test_unsigned_empty_manifest_is_treated_as_none(build, tmp_path, os_path, ca
     problems, checked = report.verify_package(pkg)
     assert problems == []
     assert any("lists no files" in c for c in checked)
+
+
+def test_unsigned_empty_manifest_imports_from_the_command_line(build, tmp_path, os_path):
+    """The import's outcome (digests of the package) reads the manifest again."""
+    pkg, _ = build(Appliance(name="e", disks=[DiskSpec(MIB, "raw")]))  # an OVA
+    bare = tmp_path / "bare.ova"
+    with tarfile.open(pkg) as t, tarfile.open(bare, "w", format=tarfile.USTAR_FORMAT) as o:
+        for m in t.getmembers():
+            data = b"" if m.name.endswith(".mf") else t.extractfile(m).read()
+            m.size = len(data)
+            o.addfile(m, io.BytesIO(data))
+    g = tmp_path / "ganeti" / "ganeti"
+    g.mkdir(parents=True)
+    (g / "__init__.py").write_text("")
+    (g / "constants.py").write_text(
+        f"OS_SEARCH_PATH = {os_path!r}\nEXPORT_DIR = {str(tmp_path / 'exports')!r}\n"
+        "OS_API_VERSIONS = frozenset([10, 15, 20])\nRELEASE_VERSION = '3.0.2'\n")
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "ovfconverter"), "import",
+                        str(bare), "-o", "noop", "--output-dir", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "GANETI_OVF_GANETI_DIR": str(g.parent)})
+    assert p.returncode == 0, p.stderr
+    assert "lists no files; nothing is protected, as without one" in p.stderr
+    assert (tmp_path / "out" / "e" / "config.ini").is_file()
 
 
 def test_signed_empty_manifest_refused(build, tmp_path, os_path):
