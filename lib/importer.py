@@ -51,7 +51,7 @@ from .model import (
     GanetiNic,
     VirtualSystem,
 )
-from .package import Package, open_package
+from .package import Member, Package, open_package
 from .progress import meter
 
 __all__ = [
@@ -160,29 +160,19 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
                     "to sign")
         return PackageCheck(problems=tuple(problems))
     mf_bytes = _small_member(pkg, mf, "manifest")
-    manifest = integrity.parse_manifest(mf_bytes, path=mf.label or mf.name)
-    verified = []
-    deferred = []
-    for entry in manifest.entries:
-        try:
-            m = pkg.get(entry.filename)
-        except PackageError:
-            problem(f"manifest lists {entry.filename!r}, which is not in the package")
-            continue
-        if entry.filename in defer:
-            deferred.append(entry)
-            continue
-        try:
-            got = integrity.digest_file(m.container, entry.algorithm, m.offset, m.size)
-        except OvfError as e:  # name the member, not /proc/self/fd/N
-            raise type(e)(f"{entry.filename!r}: {e.problem}", pkg.path) from e
-        if got != entry.digest:
-            problem(f"{entry.algorithm} digest of {entry.filename!r} does not match the "
-                    f"manifest (got {got}, manifest says {entry.digest})")
-        else:
-            verified.append(entry.filename)
+    manifest = integrity.parse_manifest(mf_bytes, path=mf.label or mf.name, allow_empty=True)
+    if not manifest.entries:
+        if cm is not None:
+            problem(f"manifest {mf.name!r} lists no files, yet certificate {cm.name!r} signs "
+                    "it: a signature that protects nothing is refused")
+            return PackageCheck(manifest=mf.name, problems=tuple(problems))
+        # ovftool 4.0 writes these and VirtualBox imports them: no manifest.
+        return PackageCheck(manifest=mf.name, warnings=(
+            f"manifest {mf.name!r} lists no files; nothing is protected, as without one",))
+    listed = _listed_members(pkg, manifest, problem)
+    verified, deferred = _check_digests(pkg, listed, defer, problem)
     warnings = []
-    if manifest.lookup(pkg.descriptor_name) is None:
+    if pkg.descriptor_name not in listed:
         # VirtualBox 5.0 wrote manifests like this; the descriptor then
         # goes unchecked, which the operator should know.
         warnings.append(f"manifest does not list the descriptor {pkg.descriptor_name!r}; "
@@ -193,7 +183,7 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
         except PackageError:
             continue  # reported where the file is used
         for m in members:
-            if manifest.lookup(m.name) is None:
+            if m.name not in listed:
                 problem(f"manifest does not list {m.name!r}: its content is not protected")
     cert = None
     if cm is not None:
@@ -208,6 +198,52 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
         verified=tuple(verified), certificate=cert, problems=tuple(problems),
         warnings=tuple(warnings), deferred=tuple(deferred),
     )
+
+
+def _listed_members(pkg: Package, manifest: integrity.Manifest, problem: Callable[[str], None]
+                    ) -> dict[str, tuple[integrity.ManifestEntry, Member]]:
+    """The member each manifest entry names, by member name.
+
+    Spellings that name one member (``d``, ``./d``, ``.\\d``, ``d%2E``...)
+    are refused: the first would be checked, a reader might use another,
+    and thousands of them would hash one disk thousands of times.
+    """
+    listed: dict[str, tuple[integrity.ManifestEntry, Member]] = {}
+    for entry in manifest.entries:
+        try:
+            m = pkg.get(entry.filename)
+        except PackageError:
+            problem(f"manifest lists {entry.filename!r}, which is not in the package")
+            continue
+        first = listed.get(m.name)
+        if first is not None:
+            problem(f"manifest lists {m.name!r} twice, as {first[0].filename!r} and "
+                    f"{entry.filename!r}")
+            continue
+        listed[m.name] = (entry, m)
+    return listed
+
+
+def _check_digests(pkg: Package, listed: dict[str, tuple[integrity.ManifestEntry, Member]],
+                   defer: frozenset[str], problem: Callable[[str], None]
+                   ) -> tuple[list[str], list[integrity.ManifestEntry]]:
+    """Digest each listed member once: (names that matched, entries deferred)."""
+    verified = []
+    deferred = []
+    for name, (entry, m) in listed.items():
+        if name in defer:
+            deferred.append(entry)
+            continue
+        try:
+            got = integrity.digest_file(m.container, entry.algorithm, m.offset, m.size)
+        except OvfError as e:  # name the member, not /proc/self/fd/N
+            raise type(e)(f"{entry.filename!r}: {e.problem}", pkg.path) from e
+        if got != entry.digest:
+            problem(f"{entry.algorithm} digest of {entry.filename!r} does not match the "
+                    f"manifest (got {got}, manifest says {entry.digest})")
+        else:
+            verified.append(entry.filename)
+    return verified, deferred
 
 
 def _stem(pkg: Package) -> str:

@@ -29,7 +29,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 
@@ -119,13 +119,15 @@ class Manifest:
     """A parsed manifest: entries in file order, file names unique."""
 
     entries: tuple[ManifestEntry, ...]
+    _by_name: dict[str, ManifestEntry] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # One dict, so that checking 40k chunks is 40k look-ups, not 40k scans.
+        object.__setattr__(self, "_by_name", {e.filename: e for e in self.entries})
 
     def lookup(self, filename: str) -> ManifestEntry | None:
         """The entry for ``filename`` (exact match), or None."""
-        for entry in self.entries:
-            if entry.filename == filename:
-                return entry
-        return None
+        return self._by_name.get(filename)
 
     def __iter__(self) -> Iterator[ManifestEntry]:
         return iter(self.entries)
@@ -183,14 +185,16 @@ def _parse_line(number: int, text: str, path: PathLike | None) -> tuple[str, str
     return canonical, name, value
 
 
-def parse_manifest(data: bytes, *, path: PathLike | None = None) -> Manifest:
+def parse_manifest(data: bytes, *, path: PathLike | None = None,
+                   allow_empty: bool = False) -> Manifest:
     """Parse a manifest file's bytes.
 
     Accepts ``SHA1(f)= h``, ``SHA256(f)= h``, ``SHA512(f)= h`` and the
     coreutils ``--tag`` form ``SHA256 (f) = h``, in any mix.  ``path`` only
     names the file in error messages.  Raises ``IntegrityError`` for an
     unknown algorithm, a malformed line, a digest of the wrong length, a
-    file named twice or a manifest that lists nothing.
+    file named twice or (unless ``allow_empty``: ovftool 4.0 writes such
+    manifests) a manifest that lists nothing.
     """
     entries: list[ManifestEntry] = []
     first_line: dict[str, int] = {}
@@ -211,7 +215,7 @@ def parse_manifest(data: bytes, *, path: PathLike | None = None) -> Manifest:
             )
         first_line[name] = number
         entries.append(ManifestEntry(algorithm, name, value.lower()))
-    if not entries:
+    if not entries and not allow_empty:
         raise IntegrityError("manifest lists no files", path)
     return Manifest(tuple(entries))
 

@@ -30,7 +30,7 @@ def _digests(package: str) -> dict[str, str]:
             return {}
         data = mf.byte_range().read(0, mf.size)
         return {e.filename: f"{e.algorithm}:{e.digest}"
-                for e in parse_manifest(data, path=mf.name)}
+                for e in parse_manifest(data, path=mf.name, allow_empty=True)}
 
 
 def _stat_of(stats: list[DiskStat], index: int) -> DiskStat | None:

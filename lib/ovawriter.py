@@ -13,7 +13,8 @@ cannot leave room for members filled in later.  So the writer is ours:
 * :meth:`OvaWriter.reserve` sets aside a member whose size is known now but
   whose bytes come at the end (the descriptor, manifest and certificate,
   which DSP0243 wants *first* but which describe the disks written after
-  them); :meth:`OvaWriter.fill` writes them, padded to the reserved size.
+  them); :meth:`OvaWriter.fill` writes them, padded to the reserved size
+  (a manifest is reserved with its exact size: see :mod:`pkgwriter`).
 * :meth:`OvaWriter.open_member` streams a member of unknown size; its
   header is patched when it is closed (the file is ours and seekable).
 * Runs of zeros in member data are skipped with a seek (:mod:`sparse`), so

@@ -4,8 +4,11 @@ tar read in place.
 An OVA is indexed once into ``Member`` values (name, data offset, size) and
 never extracted: a disk is handed on as a ``ByteRange`` of the tar itself.
 Every name is checked before use: no URLs, no absolute paths, no ``..``, no
-links or special files, no duplicates (a tar with two members of one name is
-ambiguous, and extraction tools disagree on which wins).
+links (symbolic, or hard links in a directory) or special files, no
+duplicates (a tar with two members of one name, or two descriptors, is
+ambiguous, and extraction tools disagree on which wins).  A directory
+package's tree is never walked: only the names the descriptor references
+are looked up.  An OVA's headers are read by :mod:`tarindex`.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import os
 import re
 import resource
 import stat
-import tarfile
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from . import tarindex
 from .errors import PackageError, UnsafeMemberError
 from .model import ByteRange, FileRef
 
@@ -130,6 +133,10 @@ class Package:
         """Every regular file the package holds (for 'unreferenced file' checks)."""
         raise NotImplementedError
 
+    def _chunk_numbers(self, href: str) -> set[int]:
+        """The numbers N of the members named ``href.NNNNNNNNN`` (any N)."""
+        raise NotImplementedError
+
     # -- shared behaviour ------------------------------------------------
 
     def get(self, name: str) -> Member:
@@ -168,11 +175,11 @@ class Package:
         if not found:
             raise PackageError(f"chunked file {ref.href!r} has no chunk {href + '.000000000'!r}",
                                self.path)
-        later = [n for n in self.names() if n.startswith(href + ".")
-                 and CHUNK_SUFFIX.search(n) and int(n[-9:]) >= len(found)]
+        later = [i for i in self._chunk_numbers(href) if i >= len(found)]
         if later:
             raise PackageError(f"chunked file {ref.href!r} lacks chunk "
-                               f"{href}.{len(found):09d} but has {later[0]!r}", self.path)
+                               f"{href}.{len(found):09d} but has "
+                               f"{f'{href}.{min(later):09d}'!r}", self.path)
         for m in found[:-1]:
             if m.size != ref.chunk_size:
                 raise PackageError(f"chunk {m.name!r} is {m.size} bytes, not the declared "
@@ -289,6 +296,7 @@ class DirPackage(Package):
         self.root = os.path.dirname(real)
         self.descriptor_name = os.path.basename(real)
         self._members: dict[str, Member | None] = {}
+        self._listings: dict[str, tuple[str, ...]] = {}
         _raise_fd_limit()
         try:
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
@@ -340,6 +348,12 @@ class DirPackage(Package):
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
                     raise PackageError(f"file {name!r} changed while being opened", self.path)
+            if st.st_nlink > 1:
+                # Another name for a file elsewhere, perhaps one its owner
+                # never meant us to read (made by whoever wrote the package).
+                raise UnsafeMemberError(f"file {name!r} has {st.st_nlink} hard links; a "
+                                        "package file must have only its own name", self.path,
+                                        name)
             container = self._pin(opened.pop())
             return Member(name, container, 0, st.st_size, os.path.join(self.root, name))
         finally:
@@ -347,12 +361,53 @@ class DirPackage(Package):
                 os.close(fd)
 
     def names(self) -> tuple[str, ...]:
-        out = []
-        for dirpath, _dirnames, filenames in os.walk(self.root):
-            rel = os.path.relpath(dirpath, self.root)
-            for fn in filenames:
-                out.append(fn if rel == "." else f"{rel}/{fn}".replace(os.sep, "/"))
-        return tuple(sorted(out))
+        """The regular files beside the descriptor.  The tree below is never
+        walked: only names the descriptor references are looked up."""
+        return tuple(sorted(n for n in _listdir(self._root_fd, self.path)
+                            if stat.S_ISREG(_lstat(n, self._root_fd))))
+
+    def _chunk_numbers(self, href: str) -> set[int]:
+        """From one listing of the directory that holds ``href``'s chunks."""
+        head, _, base = href.rpartition("/")
+        if head not in self._listings:
+            fd = self._open_dir(head) if head else self._root_fd
+            try:
+                self._listings[head] = () if fd is None else tuple(_listdir(fd, self.path))
+            finally:
+                if fd is not None and fd != self._root_fd:
+                    os.close(fd)
+        return {int(n[-9:]) for n in self._listings[head]
+                if n.startswith(base + ".") and len(n) == len(base) + 10
+                and CHUNK_SUFFIX.search(n)}
+
+    def _open_dir(self, name: str) -> int | None:
+        """A descriptor of the package's directory ``name``, no link followed."""
+        cur = self._root_fd
+        for part in name.split("/"):
+            try:
+                fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=cur)
+            except OSError:
+                fd = None
+            if cur != self._root_fd:
+                os.close(cur)
+            if fd is None:
+                return None
+            cur = fd
+        return cur
+
+
+def _listdir(fd: int, path: str) -> list[str]:
+    try:
+        return os.listdir(fd)
+    except OSError as e:
+        raise PackageError(f"cannot list its directory: {e.strerror}", path) from e
+
+
+def _lstat(name: str, dir_fd: int) -> int:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except OSError:
+        return 0
 
 
 class OvaPackage(Package):
@@ -374,21 +429,15 @@ class OvaPackage(Package):
     def _index(self, path: str, fd: int, container: str) -> None:
         self._members: dict[str, Member] = {}
         order: list[str] = []
-        try:
-            with os.fdopen(os.dup(fd), "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-                for ti in tar:
-                    name = _check_tar_member(ti, path)
-                    if name is None:
-                        continue
-                    if name in self._members:
-                        raise UnsafeMemberError(f"member {name!r} appears twice", path, name)
-                    self._members[name] = Member(name, container, ti.offset_data, ti.size,
-                                                 f"{path}: {name}")
-                    order.append(name)
-        except tarfile.TarError as e:
-            raise PackageError(f"not a valid OVA (tar) archive: {e}", path) from e
-        except OSError as e:
-            raise PackageError(f"cannot read: {e.strerror or e}", path) from e
+        for ent in tarindex.walk(fd, path):
+            name = _check_tar_member(ent, path)
+            if name is None:
+                continue
+            if name in self._members:
+                raise UnsafeMemberError(f"member {name!r} appears twice", path, name)
+            self._members[name] = Member(name, container, ent.offset, ent.size,
+                                         f"{path}: {name}")
+            order.append(name)
         size = os.fstat(fd).st_size
         end = 0
         for m in sorted(self._members.values(), key=lambda m: m.offset):
@@ -399,11 +448,17 @@ class OvaPackage(Package):
                                         m.name)
             end = m.offset + m.size
         self.order = tuple(order)
+        self._chunks: dict[str, set[int]] | None = None
         descriptors = [n for n in order if n.lower().endswith(".ovf")]
         if not descriptors:
             raise PackageError("no OVF descriptor (.ovf member) in the archive", path)
-        # DSP0243: the descriptor is the first member; others read the
-        # first .ovf wherever it is, and so do we.
+        if len(descriptors) > 1:
+            # DSP0243: one descriptor, the first member.  Tools differ on
+            # which of two they read (the first, the last, the one matching
+            # the OVA's name), so the operator could not know what runs.
+            raise UnsafeMemberError(f"holds two descriptors, {descriptors[0]!r} and "
+                                    f"{descriptors[1]!r}; an OVA has exactly one", path,
+                                    descriptors[1])
         self.descriptor_name = descriptors[0]
 
     def member(self, name: str) -> Member | None:
@@ -412,24 +467,30 @@ class OvaPackage(Package):
     def names(self) -> tuple[str, ...]:
         return self.order
 
+    def _chunk_numbers(self, href: str) -> set[int]:
+        if self._chunks is None:  # one pass over the members, for every file
+            self._chunks = {}
+            for n in self.order:
+                if CHUNK_SUFFIX.search(n):
+                    self._chunks.setdefault(n[:-10], set()).add(int(n[-9:]))
+        return self._chunks.get(href, set())
 
-def _check_tar_member(ti: tarfile.TarInfo, path: str) -> str | None:
+
+def _check_tar_member(ent: tarindex.TarEntry, path: str) -> str | None:
     """Name of a regular member, None for a directory, UnsafeMemberError else."""
-    name = ti.name
-    if ti.isdir():
+    name = ent.name
+    if ent.kind == "dir":
         check_name(name, path=path)
         return None
-    if ti.issym() or ti.islnk():
-        raise UnsafeMemberError(f"member {name!r} is a link to {ti.linkname!r}; links are "
+    if ent.kind in ("symlink", "hardlink"):
+        raise UnsafeMemberError(f"member {name!r} is a link to {ent.linkname!r}; links are "
                                 "never followed", path, name)
-    if ti.issparse():
+    if ent.kind == "sparse":
         # Its data is not one contiguous byte range: reading it in place
         # would see other bytes than every extracting tool does.
         raise UnsafeMemberError(f"member {name!r} is a sparse tar member; an OVA holds "
                                 "plain members only", path, name)
-    if ti.size < 0:
-        raise UnsafeMemberError(f"member {name!r} has a negative size", path, name)
-    if not ti.isreg():
+    if ent.kind != "file":
         raise UnsafeMemberError(f"member {name!r} is not a regular file", path, name)
     return check_name(name, path=path)
 
@@ -468,11 +529,5 @@ def open_package(path: str) -> Package:
 def _looks_like_tar(head: bytes) -> bool:
     if len(head) < 512:
         return False
-    if head[257:262] == b"ustar":
-        return True
-    try:
-        # Old v7 tar: no magic, but a valid header checksum.
-        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
-        return True
-    except tarfile.HeaderError:
-        return False
+    # Old v7 tar has no magic, but a valid header checksum.
+    return head[257:262] == b"ustar" or tarindex.is_header(head)

@@ -11,13 +11,17 @@ written once, here.  A layout only says where bytes go:
 * :class:`OvaPackage` -- members of one tar in a staging file.  DSP0243
   puts the descriptor, manifest and certificate *first* in an OVA, yet
   they describe and digest the disks written after them, so their members
-  are reserved up front with safe upper bounds (:mod:`ovawriter`) and
-  filled at the end, padded with spaces (descriptor, manifest: as
-  VirtualBox pads its manifests) or newlines (certificate).  Disk members
-  are streamed; each header is filled in when its member is closed.
+  are reserved up front (:mod:`ovawriter`) and filled at the end: the
+  descriptor with a safe upper bound, padded with spaces (XML allows
+  them); the manifest with its exact size, so it is exactly its lines
+  (virt-v2v warns about a padded last line); the certificate with its
+  bound, padded with newlines.  Disk members are streamed; each header is
+  filled in when its member is closed.
 
 Member order in an OVA: descriptor, manifest, certificate, then the files
-in References order, each once.  DSP0243 (5.3) allows the manifest and
+in References order, each once.  A chunked export does not know its
+chunk count, hence its manifest's size, before the disks are written: its
+manifest and certificate come last instead.  DSP0243 (5.3) allows the manifest and
 certificate right after the descriptor or both at the end; right after it
 is where both big consumers take them: VirtualBox reads .ovf/.mf/.cert
 wherever they are ("the manifest and its optional signature file either
@@ -173,13 +177,19 @@ class OvaPackage(PackageWriter):
         return self._ova.open_member(name)
 
     def fit(self, name: str, data: bytes) -> bytes:
-        res = self._reserved[name]
-        return data + b" " * (res.size - len(data)) if len(data) <= res.size else data
+        res = self._reserved.get(name)
+        if res is None or len(data) > res.size:
+            return data
+        return data + b" " * (res.size - len(data))
 
     def put(self, name: str, data: bytes, *, pad: bytes = b" ") -> None:
+        """A reserved member's bytes, or (not reserved) a member appended now."""
         assert self._ova is not None
         try:
-            self._ova.fill(self._reserved[name], data, pad=pad)
+            if name in self._reserved:
+                self._ova.fill(self._reserved[name], data, pad=pad)
+            else:
+                self._ova.add(name, data)
         except ValueError as e:
             raise PackageError(f"internal error: {e}", self.path) from e
 
@@ -196,10 +206,16 @@ def _bounds(plans: Sequence[DiskPlan], env_for: Callable[[dict], Envelope],
               for p in plans if p.file_id and p.href}
     potential = [names["ovf"]] + [n for p in plans if p.href and p.file_id
                                   for n in chunk_names(p.href, req, files[p.file_id])]
-    mf = len(integrity.format_manifest([(n, "0" * hexlen) for n in potential], req.manifest))
-    bounds = {names["ovf"]: ovf, names["mf"]: mf}
-    if sig is not None:
-        bounds[names["cert"]] = sig.size_bound
+    bounds = {names["ovf"]: ovf}
+    if req.chunk_size is None:
+        # Every name is known and every digest has one length: the exact
+        # size, so the manifest is exactly its lines.  A chunked file's
+        # chunk count is known only once written: its manifest and
+        # certificate go at the end, which DSP0243 allows as well.
+        bounds[names["mf"]] = len(integrity.format_manifest(
+            [(n, "0" * hexlen) for n in potential], req.manifest))
+        if sig is not None:
+            bounds[names["cert"]] = sig.size_bound
     return bounds, chunks
 
 
@@ -227,13 +243,19 @@ def write_package(writer: PackageWriter, plans: Sequence[DiskPlan],
         ovf = writer.fit(names["ovf"], descriptor(env_for(sizes), req, config))
         digest = integrity.new_hasher(req.manifest)
         digest.update(ovf)
-        manifest = writer.fit(names["mf"], integrity.format_manifest(
+        manifest = integrity.format_manifest(
             [(names["ovf"], digest.hexdigest())] + [(w.name, w.digest) for w in written],
-            req.manifest))
+            req.manifest)
+        if names["mf"] in bounds and len(manifest) != bounds[names["mf"]]:
+            raise PackageError(f"internal error: manifest of {len(manifest)} bytes, "
+                               f"{bounds[names['mf']]} reserved", writer.path)
         writer.put(names["ovf"], ovf)
         writer.put(names["mf"], manifest)
-        order = [names["ovf"], names["mf"]]
+        trailer = [names["mf"]]
         if sig is not None:
             writer.put(names["cert"], sig.sign(names["mf"], manifest, req.manifest), pad=b"\n")
-            order.append(names["cert"])
-    return order + [w.name for w in written]
+            trailer.append(names["cert"])
+    files = [w.name for w in written]
+    if names["mf"] in bounds:
+        return [names["ovf"], *trailer, *files]
+    return [names["ovf"], *files, *trailer]

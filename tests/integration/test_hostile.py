@@ -7,6 +7,7 @@ import configparser
 import io
 import os
 import re
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -248,3 +249,153 @@ def test_sparse_raw_counts_only_its_data(tmp_path):
         h.write(b"x" * 4096)
     assert disks.data_bytes(ByteRange(str(f), 0, 80 << 30), "raw", name="s") <= 64 * 1024
     assert disks.data_bytes(ByteRange(str(f), 2 * MIB, 10 * MIB), "raw", name="s") == 0
+
+
+# -- tar index: every header read, to the end of the archive ---------------------------------
+
+
+def _tar_member(name: str, body: bytes, typ: bytes = b"0", size: int | None = None) -> bytes:
+    """One ustar member; ``size`` (may be negative) is written in GNU base-256."""
+    ti = tarfile.TarInfo(name)
+    ti.size = len(body)
+    hdr = bytearray(ti.tobuf(tarfile.USTAR_FORMAT))
+    hdr[156:157] = typ
+    if size is not None:
+        hdr[124:136] = (b"\xff" if size < 0 else b"\x80") + (size % 256**11).to_bytes(11, "big")
+    hdr[148:156] = b" " * 8
+    hdr[148:156] = b"%06o\0 " % sum(hdr)
+    return bytes(hdr) + body + bytes(-len(body) % 512)
+
+
+def _members(pkg: str) -> list[tuple[str, bytes]]:
+    with tarfile.open(pkg) as t:
+        return [(m.name, t.extractfile(m).read()) for m in t]
+
+
+def test_member_hidden_behind_a_corrupt_header_refused(build, tmp_path, os_path):
+    """Python's tarfile stops at the 0xff block and sees the first disk; GNU tar
+    extracts the second.  We read to the end marker or refuse, naming the offset."""
+    pkg, _ = build(Appliance(name="hid", disks=[DiskSpec(MIB, "raw")]), manifest=None)
+    mems = _members(pkg)
+    head = b"".join(_tar_member(n, b) for n, b in mems)
+    bad = tmp_path / "hidden.ova"
+    bad.write_bytes(head + b"\xff" * 512 + _tar_member("hid-disk1.raw", b"X" * MIB)
+                    + bytes(1024))
+    with pytest.raises(PackageError, match=rf"hidden.ova: not a valid OVA \(tar\) archive: "
+                                           rf"unreadable tar header .* at offset {len(head)}$"):
+        import_package(str(bad), str(tmp_path / "o"), req(os_path))
+    assert not (tmp_path / "o").exists()
+
+
+def test_lone_zero_block_before_more_members_refused(build, tmp_path):
+    pkg, _ = build(Appliance(name="lz", disks=[DiskSpec(MIB, "raw")]), manifest=None)
+    mems = _members(pkg)
+    head = b"".join(_tar_member(n, b) for n, b in mems)
+    bad = tmp_path / "lone.ova"
+    bad.write_bytes(head + bytes(512) + _tar_member("lz-disk1.raw", b"X" * 512) + bytes(1024))
+    with pytest.raises(PackageError, match=rf"a lone zero block .* at offset {len(head)}$"):
+        open_package(str(bad))
+    # The end marker, then anything: the archive ends at the marker, as for every tool.
+    bad.write_bytes(head + bytes(1024) + b"\xff" * 512)
+    with open_package(str(bad)) as p:
+        assert p.names() == tuple(n for n, _ in mems)
+
+
+@pytest.mark.parametrize("typ", [b"0", b"5", b"L", b"K", b"x", b"g"])
+def test_negative_tar_size_is_one_line(build, tmp_path, typ):
+    """tarfile raised ValueError for these (a negative read length)."""
+    pkg, _ = build(Appliance(name="neg", disks=[DiskSpec(MIB, "raw")]), manifest=None)
+    mems = _members(pkg)
+    bad = tmp_path / "neg.ova"
+    first = _tar_member(*mems[0])
+    bad.write_bytes(first + _tar_member("n", b"", typ, size=-5 * 512)
+                    + b"".join(_tar_member(n, b) for n, b in mems[1:]) + bytes(1024))
+    with pytest.raises(PackageError, match=rf"tar header with a negative size \(-2560\) at "
+                                           rf"offset {len(first)}$"):
+        open_package(str(bad))
+
+
+@pytest.mark.parametrize("typ", [b"x", b"L"])
+def test_huge_metadata_header_refused_without_reading_it(build, tmp_path, typ):
+    """tarfile reads a pax/long-name header's data whole: 1 GiB here."""
+    pkg, _ = build(Appliance(name="px", disks=[DiskSpec(MIB, "raw")]), manifest=None)
+    mems = _members(pkg)
+    bad = tmp_path / "pax.ova"
+    with open(bad, "wb") as f:
+        f.write(_tar_member(*mems[0]) + _tar_member("p", b"", typ, size=1 << 30))
+        f.truncate(f.tell() + (1 << 30) + 1024)  # sparse
+    with pytest.raises(PackageError, match=r"tar metadata header .* of 1073741824 bytes"):
+        open_package(str(bad))
+
+
+def test_ova_with_two_descriptors_refused(build, tmp_path, os_path):
+    """Which one a tool reads differs (first, last, the OVA's name): refuse both."""
+    pkg, _ = build(Appliance(name="two", disks=[DiskSpec(MIB, "raw")]), manifest=None)
+    mems = _members(pkg)
+    other = mems[0][1].replace(b"<ovf:Info>", b"<ovf:Info>other ")
+    bad = tmp_path / "two.ova"
+    bad.write_bytes(b"".join(_tar_member(n, b) for n, b in mems)
+                    + _tar_member("evil.ovf", other) + bytes(1024))
+    with pytest.raises(UnsafeMemberError, match=r"two.ova: holds two descriptors, 'two.ovf' "
+                                                r"and 'evil.ovf'; an OVA has exactly one$"):
+        import_package(str(bad), str(tmp_path / "o"), req(os_path))
+
+
+def _chunked_dir_package(build, name: str) -> tuple[str, Path]:
+    """A directory package whose one disk is stored in two chunks."""
+    pkg, _ = build(Appliance(name=name, disks=[DiskSpec(MIB, "raw")]), ova=False,
+                   manifest=None)
+    root = Path(pkg).parent
+    disk = root / f"{name}-disk1.raw"
+    raw = disk.read_bytes()
+    disk.unlink()
+    ovf = Path(pkg)
+    ovf.write_bytes(re.sub(rb' ovf:size="\d+"', b"", ovf.read_bytes()).replace(
+        b'ovf:id="file0"', f'ovf:id="file0" ovf:chunkSize="{MIB // 2}"'.encode()))
+    for i in range(2):
+        (root / f"{disk.name}.{i:09d}").write_bytes(raw[i * MIB // 2:(i + 1) * MIB // 2])
+    return pkg, root
+
+
+def test_deep_tree_beside_a_chunked_disk_is_never_walked(build, tmp_path, os_path):
+    """Looking for chunks walked the whole tree: RecursionError at 1100 levels."""
+    pkg, root = _chunked_dir_package(build, "deep")
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        for _ in range(1100):
+            os.mkdir("d", dir_fd=fd)
+            fd, old = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+            os.close(old)
+    finally:
+        os.close(fd)
+    try:
+        problems, _ = report.verify_package(pkg)
+        assert problems == []
+        res = import_package(pkg, str(tmp_path / "o"), req(os_path))
+        assert os.path.getsize(os.path.join(res.path, res.config.disks[0].dump)) == MIB
+        (root / "deep-disk1.raw.000000003").write_bytes(b"x")  # a gap is still found
+        with pytest.raises(PackageError, match=r"lacks chunk deep-disk1.raw.000000002 but "
+                                               r"has 'deep-disk1.raw.000000003'"):
+            import_package(pkg, str(tmp_path / "o2"), req(os_path))
+    finally:  # pytest's own clean-up recurses (Python 3.11): GNU rm does not
+        subprocess.run(["rm", "-rf", "--", str(root / "d")], check=True)
+
+
+@pytest.mark.parametrize("which", ["disk", "chunk", "descriptor"])
+def test_hard_link_in_a_directory_package_refused(build, tmp_path, os_path, which):
+    """A hard link (to a root-only file, say) is another name for a file outside."""
+    secret = tmp_path / "secret"
+    if which == "chunk":
+        pkg, root = _chunked_dir_package(build, "hl")
+        victim = root / "hl-disk1.raw.000000001"
+    else:
+        pkg, _ = build(Appliance(name="hl", disks=[DiskSpec(MIB, "raw")]), ova=False,
+                       manifest=None)
+        victim = Path(pkg) if which == "descriptor" else Path(pkg).parent / "hl-disk1.raw"
+    secret.write_bytes(victim.read_bytes())
+    victim.unlink()
+    os.link(secret, victim)
+    with pytest.raises(UnsafeMemberError, match=rf"file '{victim.name}' has 2 hard links; a "
+                                                "package file must have only its own name"):
+        import_package(pkg, str(tmp_path / "o"), req(os_path))
+    assert not (tmp_path / "o").exists()
