@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from . import diskformats, integrity, oslist, sparse
 from . import disks as diskmod
-from . import integrity, oslist, sparse
 from .descriptor.reader import parse_descriptor
 from .errors import (
     DescriptorError,
@@ -363,15 +363,8 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
     return cfg, plan, warnings
 
 
-RAW_FORMAT_URIS = frozenset([
-    "http://en.wikipedia.org/wiki/Byte",  # upstream Ganeti's and ours
-    "http://www.ganeti.org/raw",
-])
-
-
-def declares_raw(uri: str | None) -> bool:
-    """Whether a Disk's ovf:format says raw bytes (no image format)."""
-    return bool(uri) and (uri.strip() in RAW_FORMAT_URIS or uri.strip().lower().endswith("#raw"))
+RAW_FORMAT_URIS = diskformats.RAW_URIS
+declares_raw = diskformats.declares_raw
 
 
 def _consistent_memory(backend: dict[str, str], given: Mapping[str, str]) -> None:
@@ -534,6 +527,7 @@ class _DiskJob:
     disk: Disk | None = None
     src: ByteRange | None = None  # the image in place; None for a stream
     fmt: str | None = None
+    info: diskmod.ImageInfo | None = None  # what inspection found, for the conversion
     need: int = 0  # bytes of output space it may take
 
 
@@ -542,6 +536,8 @@ def _inspect(pkg: Package, disk: Disk | None, size: int, index: int) -> _DiskJob
     if disk is None or disk.file_ref is None:
         if size <= 0:
             raise UsageError(f"disk {index} has no size", pkg.path)
+        # Ganeti creates it at this size: bounded like any image.
+        diskmod.check_size(size, name=f"disk {index}", what="blank", path=pkg.path)
         return _DiskJob(index, size)
     ref = disk.file_ref
     members = pkg.file_members(ref)
@@ -556,19 +552,15 @@ def _inspect(pkg: Package, disk: Disk | None, size: int, index: int) -> _DiskJob
         # What a stream expands to is known only once it is read: counted
         # at its stored size here; running out later is still clean (the
         # staging directory goes, the error names the file system).
+        diskmod.check_size(max(size, disk.capacity), name=ref.href, what="disk",
+                           path=pkg.path)
         return _DiskJob(index, max(size, disk.capacity), ref, disk, need=stored)
     src = members[0].byte_range()
-    fmt, info = diskmod.inspect(src, name=ref.href)
-    if fmt != "raw" and declares_raw(disk.format_uri):
-        # A raw disk whose guest data begins like an image header: which
-        # one is meant cannot be told, and guessing gives a different disk.
-        raise DiskImageError(f"image {ref.href!r} is declared raw ({disk.format_uri}) but "
-                             f"begins like a {fmt} image; refusing to guess which it is",
-                             pkg.path)
-    if size and info.virtual_size > size:
-        raise DiskImageError(f"image {ref.href!r} holds {info.virtual_size} bytes, more than "
-                             f"the disk size {size}", pkg.path)
-    return _DiskJob(index, max(size, info.virtual_size), ref, disk, src, fmt,
+    # Declared format, header bounds and the virtual size against the disk
+    # size are checked before qemu-img does work that grows with the image.
+    fmt, info = diskmod.inspect(src, name=ref.href, limit=size or None,
+                                declared=disk.format_uri, path=pkg.path)
+    return _DiskJob(index, max(size, info.virtual_size), ref, disk, src, fmt, info,
                     need=diskmod.data_bytes(src, fmt, name=ref.href))
 
 
@@ -585,7 +577,7 @@ def _produce(pkg: Package, job: _DiskJob, workdir: str,
     if job.src is not None and job.fmt is not None:
         progress(f"disk {job.index}: {name} ({job.fmt}) -> {dump}")
         with meter(progress, job.index, name, job.src.size, watch=dest):
-            diskmod.convert_to_raw(job.src, job.fmt, dest, name=name, inspected=True)
+            diskmod.convert_to_raw(job.src, job.fmt, dest, name=name, inspected=job.info)
     else:
         assert job.disk is not None
         tmp = os.path.join(workdir, f".disk{job.index}.stream")
@@ -594,16 +586,14 @@ def _produce(pkg: Package, job: _DiskJob, workdir: str,
             with meter(progress, job.index, name, job.need):
                 _stream_to_file(pkg, job.disk, tmp)
             src = ByteRange(tmp, 0, os.path.getsize(tmp))
-            fmt, info = diskmod.inspect(src, name=name)
-            if info.virtual_size > job.size:
-                raise DiskImageError(f"image {name!r} holds {info.virtual_size} bytes, more "
-                                     f"than the disk size {job.size}", pkg.path)
+            fmt, info = diskmod.inspect(src, name=name, limit=job.size,
+                                        declared=job.disk.format_uri, path=pkg.path)
             progress(f"disk {job.index}: {name} ({fmt}) -> {dump}")
             if fmt == "raw":
                 os.rename(tmp, dest)  # already the raw bytes: no second copy
             else:
                 with meter(progress, job.index, name, src.size, watch=dest):
-                    diskmod.convert_to_raw(src, fmt, dest, name=name, inspected=True)
+                    diskmod.convert_to_raw(src, fmt, dest, name=name, inspected=info)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

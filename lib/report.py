@@ -239,12 +239,9 @@ def _verify(pkg: Package) -> tuple[list[str], list[str]]:
             continue
         try:
             src = pkg.get(ref.href).byte_range()
-            fmt, info = diskmod.inspect(src, name=ref.href)
-            if disk.capacity is not None and info.virtual_size > disk.capacity:
-                problems.append(f"image {ref.href!r} holds {info.virtual_size} bytes, more "
-                                f"than its declared capacity {disk.capacity}")
-            else:
-                checked.append(f"image {ref.href} is {fmt}, {info.virtual_size} bytes, safe")
+            fmt, info = diskmod.inspect(src, name=ref.href, limit=disk.capacity,
+                                        declared=disk.format_uri)
+            checked.append(f"image {ref.href} is {fmt}, {info.virtual_size} bytes, safe")
         except OvfError as e:
             if pkg.member(ref.href) is not None:
                 problems.append(e.problem)
