@@ -866,3 +866,35 @@ def test_no_json(images: dict[str, Path], fake_qemu) -> None:
     fake_qemu("echo 'image: x'")
     with pytest.raises(DiskImageError, match=r"^d: qemu-img info printed no JSON$"):
         disks.image_info(whole(images["raw"]), "raw", name="d")
+
+
+def test_info_output_is_bounded(images: dict[str, Path], fake_qemu) -> None:
+    fake_qemu(f"head -c {disks.MAX_OUTPUT + 4096} /dev/zero")
+    with pytest.raises(DiskImageError, match=r"^d: qemu-img info printed more than 16777216 "
+                                             r"bytes$"):
+        disks.image_info(whole(images["raw"]), "raw", name="d")
+
+
+def test_convert_runs_under_limits_scaled_by_size(images: dict[str, Path], fake_qemu,
+                                                  tmp_path: Path) -> None:
+    """Every qemu-img call is bounded; convert's CPU grows with the virtual
+    size from a floor (16 MiB/s), its address space is capped too."""
+    fake_qemu('echo "limits cpu=$(ulimit -t) as=$(ulimit -v)" >&2; exit 1')
+    info = disks.ImageInfo(format="raw", virtual_size=64 << 30)
+    with pytest.raises(DiskImageError, match=r"^d: qemu-img convert exited with code 1: "
+                                             r"limits cpu=4396 as=4194304$"):
+        disks.convert_to_raw(whole(images["raw"]), "raw", str(tmp_path / "o"), name="d",
+                             inspected=info)
+    with pytest.raises(DiskImageError, match=r"qemu-img create exited with code 1: "
+                                             r"limits cpu=30 as=1048576$"):
+        disks.create_blank(str(tmp_path / "b"), 1 << 20)
+    with pytest.raises(DiskImageError, match=r"qemu-img convert exited with code 1: "
+                                             r"limits cpu=300 as=4194304$"):
+        disks.convert_from_raw(str(images["raw"]), str(tmp_path / "e"), "qcow2", name="d")
+
+
+def test_blank_beyond_the_bound_refused(tmp_path: Path) -> None:
+    with pytest.raises(DiskImageError, match=r"blank disk 'b' claims a virtual size of "
+                                             r"1125899906842624 bytes"):
+        disks.create_blank(str(tmp_path / "b"), 1 << 50)
+    assert not (tmp_path / "b").exists()
