@@ -14,9 +14,14 @@ same rules:
   files and VMDK extents are reported by ``qemu-img info`` (which does not
   open them) and refused by :func:`check_safe` before ``check`` or
   ``convert`` would.
-* ``info`` and ``check`` run under CPU and address-space limits, as
-  OpenStack does for the same reason (crafted headers make qemu-img burn
-  CPU or memory).
+* Every qemu-img run has CPU and address-space limits, as OpenStack gives
+  ``info`` for the same reason (crafted headers make qemu-img burn CPU or
+  memory); ``convert`` gets CPU in proportion to the virtual size.  The
+  runner (:mod:`ganeti_ovf.qemuimg`) also ties qemu-img's life to ours.
+* Sizes are checked before work grows with them (:func:`inspect`): the
+  declared format, the VMDK header's bounds, the virtual size against the
+  disk size and :data:`MAX_VIRTUAL_SIZE` come before ``check`` and ``map``.
+  Formats themselves are described in :mod:`ganeti_ovf.diskformats`.
 * Every failure is a :class:`~ganeti_ovf.errors.DiskImageError` whose one
   line names the image as the operator knows it (``disk1.vmdk``) and quotes
   qemu-img's last stderr line, like Ganeti's ``RunResult.fail_reason``.
@@ -27,20 +32,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
-import signal
 import stat
 import struct
-import subprocess
-import sys
-import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-from . import sparse
+from . import qemuimg, sparse
 from .diskformats import (
     ACCEPTED_FORMATS,
     CHECKED_FORMATS,
@@ -53,6 +52,7 @@ from .diskformats import (
 from .errors import DiskImageError
 from .exportdir import human_size
 from .model import ByteRange
+from .qemuimg import Limits as _Limits
 
 __all__ = [
     "inspect",
@@ -83,14 +83,6 @@ _SECTOR = 512
 _VMDK_NO_PARENT = 0xFFFFFFFF
 
 
-class _Limits(NamedTuple):
-    """Resource limits for one qemu-img run (0 = none)."""
-
-    address_space: int = 0  # bytes, RLIMIT_AS
-    cpu_seconds: int = 0  # RLIMIT_CPU; SIGXCPU kills qemu-img past it
-    wall_seconds: float | None = None  # killed past it
-
-
 # Parsing headers is where crafted images hurt (CVE-2015-5162 and kin);
 # these are OpenStack's long-standing numbers for `qemu-img info`.  `check`
 # and `map` walk all metadata, so they get more CPU.  Every call has
@@ -114,42 +106,10 @@ CONVERT_BYTES_PER_CPU_SECOND = 16 << 20
 # that makes qemu allocate in proportion to a claimed size.
 _CONVERT_ADDRESS_SPACE = 4 << 30
 
-#: Bytes of stdout we keep from any qemu-img run but `map` (which is
-#: parsed line by line): real `info`/`check` JSON is a few KiB.
-MAX_OUTPUT = 16 << 20
-_STDERR_KEPT = 64 << 10
-
-
 def _convert_limits(size: int) -> _Limits:
     """Limits for converting ``size`` virtual bytes."""
     return _Limits(address_space=_CONVERT_ADDRESS_SPACE,
                    cpu_seconds=CONVERT_CPU_FLOOR + size // CONVERT_BYTES_PER_CPU_SECOND)
-
-
-# Runs in a fresh interpreter, sets the limits, then becomes qemu-img: the
-# thread-safe equivalent of preexec_fn (cf. oslo_concurrency.prlimit).  The
-# CPU hard limit sits above the soft one so the kill is a telling SIGXCPU,
-# not the SIGKILL that equal limits give.  PR_SET_PDEATHSIG (1) makes the
-# kernel SIGKILL qemu-img when the thread that started it dies, so a
-# SIGKILLed ovfconverter leaves no conversion running (it survives execve);
-# the getppid test closes the race with a parent that died before prctl.
-_TRAMPOLINE = (
-    "import ctypes, os, resource, signal, sys\n"
-    "a, c, p = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)\n"
-    "if os.getppid() != p: os._exit(137)\n"
-    "if a: resource.setrlimit(resource.RLIMIT_AS, (a, a))\n"
-    "if c: resource.setrlimit(resource.RLIMIT_CPU, (c, c + 5))\n"
-    "os.execv(sys.argv[4], sys.argv[4:])\n"
-)
-
-# Nothing from the caller's environment: no QEMU_*/LD_* surprises, C locale
-# so messages are the English ones we match and quote.
-# MALLOC_ARENA_MAX: glibc reserves 64 MiB of address space per thread
-# arena, and qemu-img starts up to 64 I/O threads, so under RLIMIT_AS a
-# plain `check` of a qcow2 with small clusters aborted half the time
-# ("qemu_thread_create: Resource temporarily unavailable").
-_ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "MALLOC_ARENA_MAX": "2"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +218,13 @@ def json_filename(src: ByteRange, fmt: str) -> str:
 # --- running qemu-img ---------------------------------------------------
 
 
+def _run(argv: list[str], *, name: str, limits: _Limits, ok: tuple[int, ...] = (0,),
+         prefer: str = "", on_line: Callable[[str], None] | None = None) -> str:
+    """:func:`qemuimg.run` with our qemu-img (:data:`QEMU_IMG`)."""
+    return qemuimg.run(_qemu_img(name), argv, name=name, limits=limits, ok=ok, prefer=prefer,
+                       on_line=on_line)
+
+
 def _qemu_img(label: str) -> str:
     path = QEMU_IMG or shutil.which("qemu-img") or "/usr/bin/qemu-img"
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
@@ -266,134 +233,6 @@ def _qemu_img(label: str) -> str:
             label,
         )
     return path
-
-
-_JSON_NAME = re.compile(r"json:\{[^']*\}")
-
-
-def _reason(stderr: str, argv: list[str], name: str, prefer: str = "") -> str:
-    """The stderr line the operator needs, with json: specs shown as ``name``.
-
-    The last non-empty line, like Ganeti's fail_reason; or the first line
-    starting with ``prefer`` (qemu-img check ends with a vaguer summary).
-    """
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    if prefer:
-        lines = [ln for ln in lines if ln.startswith(prefer)][:1] or lines
-    if not lines:
-        return ""
-    line = lines[-1]
-    for arg in argv:
-        if arg.startswith("json:"):
-            line = line.replace(arg, name)
-    line = _JSON_NAME.sub(lambda _m: name, line)  # qemu's own spelling of inner nodes
-    return line.removeprefix("qemu-img: ").strip()
-
-
-_PINNED_FD = re.compile(r"/proc/self/fd/(\d+)")
-
-
-def _run(
-    argv: list[str],
-    *,
-    name: str,
-    limits: _Limits,
-    ok: tuple[int, ...] = (0,),
-    prefer: str = "",
-    on_line: Callable[[str], None] | None = None,
-) -> str:
-    """Run ``qemu-img argv`` under ``limits`` and return its stdout.
-
-    Raises DiskImageError naming ``name`` and saying why: exit code or
-    signal plus qemu-img's last stderr line, timeout, too much output, or
-    qemu-img missing.  Exit codes in ``ok`` count as success; ``prefer``
-    picks the first stderr line with that prefix over the last line.  With
-    ``on_line`` stdout is handed over line by line as it comes (and ''
-    returned), so its size does not matter; otherwise it is bounded by
-    :data:`MAX_OUTPUT`.
-    """
-    qemu = _qemu_img(name)
-    sub = argv[0] if argv else "?"
-    cmd = [sys.executable or "/usr/bin/python3", "-I", "-S", "-c", _TRAMPOLINE,
-           str(limits.address_space), str(limits.cpu_seconds), str(os.getpid()), qemu, *argv]
-    log.debug("running %s", " ".join([qemu, *argv]))
-    # Files a package holds open are named /proc/self/fd/N; qemu-img gets
-    # the same descriptors, so it reads the very file that was checked.
-    fds = tuple(sorted({int(n) for a in argv for n in _PINNED_FD.findall(a)}))
-    with tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=err, env=_ENV, cwd="/")
-        except OSError as e:
-            raise DiskImageError(f"cannot run qemu-img: {e.strerror or e}", name) from e
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            proc.kill()
-
-        timer = threading.Timer(limits.wall_seconds, expire) if limits.wall_seconds else None
-        try:
-            if timer is not None:
-                timer.start()
-            stdout = _read_stdout(proc, sub, name, on_line)
-            proc.wait()
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if proc.poll() is None:  # our error or Ctrl-C: it must not outlive the call
-                proc.kill()
-                proc.wait()
-            assert proc.stdout is not None
-            proc.stdout.close()
-        if expired.is_set():
-            raise DiskImageError(
-                f"qemu-img {sub} did not finish within {limits.wall_seconds:g} s", name)
-        err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_KEPT))
-        stderr = err.read().decode("utf-8", "replace")
-    if proc.returncode in ok:
-        return stdout
-    log.debug("qemu-img %s exited %d, stderr:\n%s", sub, proc.returncode, stderr)
-    raise DiskImageError(_failure(proc.returncode, stderr, argv, name, prefer, limits), name)
-
-
-def _read_stdout(proc: subprocess.Popen[bytes], sub: str, name: str,
-                 on_line: Callable[[str], None] | None) -> str:
-    """All of a bounded stdout, or each line to ``on_line``."""
-    assert proc.stdout is not None
-    if on_line is None:
-        out = proc.stdout.read(MAX_OUTPUT + 1)
-        if len(out) > MAX_OUTPUT:
-            raise DiskImageError(f"qemu-img {sub} printed more than {MAX_OUTPUT} bytes", name)
-        return out.decode("utf-8", "replace")
-    while line := proc.stdout.readline(_STDERR_KEPT):
-        if not line.endswith(b"\n") and len(line) == _STDERR_KEPT:
-            raise DiskImageError(f"qemu-img {sub} printed a line of more than "
-                                 f"{_STDERR_KEPT} bytes", name)
-        on_line(line.decode("utf-8", "replace"))
-    return ""
-
-
-def _failure(code: int, stderr: str, argv: list[str], name: str, prefer: str,
-             limits: _Limits) -> str:
-    sub = argv[0] if argv else "?"
-    last = _reason(stderr, argv, name, prefer)
-    if code < 0:
-        signum = -code
-        try:
-            signame = signal.Signals(signum).name
-        except ValueError:
-            signame = "unknown"
-        problem = f"qemu-img {sub} was killed by signal {signum} ({signame})"
-        if signum == signal.SIGXCPU:
-            problem += f": CPU time limit of {limits.cpu_seconds} s exceeded"
-        elif last:
-            problem += f": {last}"
-    else:
-        problem = f"qemu-img {sub} exited with code {code}"
-        if last:
-            problem += f": {last}"
-    return problem
 
 
 # --- operations ---------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ganeti_ovf import disks
+from ganeti_ovf import disks, qemuimg
 from ganeti_ovf.errors import DiskImageError
 from ganeti_ovf.model import ByteRange
 
@@ -869,7 +869,7 @@ def test_no_json(images: dict[str, Path], fake_qemu) -> None:
 
 
 def test_info_output_is_bounded(images: dict[str, Path], fake_qemu) -> None:
-    fake_qemu(f"head -c {disks.MAX_OUTPUT + 4096} /dev/zero")
+    fake_qemu(f"head -c {qemuimg.MAX_OUTPUT + 4096} /dev/zero")
     with pytest.raises(DiskImageError, match=r"^d: qemu-img info printed more than 16777216 "
                                              r"bytes$"):
         disks.image_info(whole(images["raw"]), "raw", name="d")
