@@ -41,7 +41,8 @@ from .exportdir import (
     staging,
     write_config,
 )
-from .model import ByteRange, Disk, Envelope, FileRef, GanetiNic, VirtualSystem
+from .inspection import DiskInspection, inspect_disk
+from .model import ByteRange, Disk, Envelope, GanetiNic, VirtualSystem
 from .package import Package, open_package
 from .progress import meter
 
@@ -517,51 +518,7 @@ def _file_names(pkg: Package, env: Envelope) -> frozenset[str]:
     return frozenset(names)
 
 
-@dataclass(frozen=True, slots=True)
-class _DiskJob:
-    """One disk to produce, inspected before anything is written."""
-
-    index: int
-    size: int  # bytes of the Ganeti disk
-    ref: FileRef | None = None  # None: blank
-    disk: Disk | None = None
-    src: ByteRange | None = None  # the image in place; None for a stream
-    fmt: str | None = None
-    info: diskmod.ImageInfo | None = None  # what inspection found, for the conversion
-    need: int = 0  # bytes of output space it may take
-
-
-def _inspect(pkg: Package, disk: Disk | None, size: int, index: int) -> _DiskJob:
-    """Check one disk of the plan: sizes, format, safety; no output yet."""
-    if disk is None or disk.file_ref is None:
-        if size <= 0:
-            raise UsageError(f"disk {index} has no size", pkg.path)
-        # Ganeti creates it at this size: bounded like any image.
-        diskmod.check_size(size, name=f"disk {index}", what="blank", path=pkg.path)
-        return _DiskJob(index, size)
-    ref = disk.file_ref
-    members = pkg.file_members(ref)
-    stored = sum(m.size for m in members)
-    if ref.size is not None and ref.size != stored:
-        raise PackageError(f"file {ref.href!r} is {stored} bytes, but References "
-                           f"declares {ref.size}", pkg.path)
-    if ref.compression or ref.chunk_size:
-        if disk.capacity is None:
-            raise PackageError(f"file {ref.href!r} is compressed or chunked but its disk "
-                               "declares no capacity to bound it", pkg.path)
-        # What a stream expands to is known only once it is read: counted
-        # at its stored size here; running out later is still clean (the
-        # staging directory goes, the error names the file system).
-        diskmod.check_size(max(size, disk.capacity), name=ref.href, what="disk",
-                           path=pkg.path)
-        return _DiskJob(index, max(size, disk.capacity), ref, disk, need=stored)
-    src = members[0].byte_range()
-    # Declared format, header bounds and the virtual size against the disk
-    # size are checked before qemu-img does work that grows with the image.
-    fmt, info = diskmod.inspect(src, name=ref.href, limit=size or None,
-                                declared=disk.format_uri, path=pkg.path)
-    return _DiskJob(index, max(size, info.virtual_size), ref, disk, src, fmt, info,
-                    need=diskmod.data_bytes(src, fmt, name=ref.href))
+_DiskJob = DiskInspection  # one disk to produce: its inspection is the conversion's input
 
 
 def _produce(pkg: Package, job: _DiskJob, workdir: str,
@@ -639,7 +596,7 @@ def _convert(pkg: Package, env: Envelope, package: str, output_dir: str, req: Im
     cfg, plan, warnings = plan_config(env, vs, req, path=package)
     for w in warnings:
         log.warning("%s: %s", package, w)
-    jobs = [_inspect(pkg, disk, size, i) for i, (disk, size) in enumerate(plan)]
+    jobs = [inspect_disk(pkg, disk, size, i) for i, (disk, size) in enumerate(plan)]
     names = gnt_disk_names(vs)
     # Everything config.ini will hold is known now: refuse what it cannot
     # hold (control characters, too many disks) before converting.

@@ -318,3 +318,26 @@ def test_check_of_small_cluster_qcow2_is_reliable(tmp_path):
     src = ByteRange(str(img), 0, img.stat().st_size)
     for _ in range(12):
         diskmod.check_image(src, "qcow2", name="c512.qcow2")
+
+
+# --- one inspection, shared ----------------------------------------------
+
+
+def test_conversion_takes_the_inspection(build, tmp_path, os_path, mocker):
+    """import inspects each image once; the conversion does not re-run
+    qemu-img info or check on it."""
+    ovf, _ = package(build, "once", "qcow2", MIB)
+    info = mocker.spy(diskmod, "image_info")
+    check = mocker.spy(diskmod, "check_image")
+    import_package(str(ovf), str(tmp_path / "o"), req(os_path))
+    assert info.call_count == 1 and check.call_count == 1
+
+
+def test_verify_uses_the_same_inspection(build, tmp_path):
+    """verify reports what import refuses, from the same checks: here a
+    blank disk beyond the size bound and a format that lies."""
+    pkg, _ = build(Appliance(name="vb", disks=[DiskSpec(PB, blank=True)]), ova=False,
+                   manifest=None)
+    problems, _ = report.verify_package(pkg)
+    assert any("blank 'disk 0' claims a virtual size of 1125899906842624" in p
+               for p in problems)
