@@ -54,13 +54,18 @@ class DiskFormat:
     name: str  # what detect_format returns; the qemu-img driver (-f/-O)
     magic: tuple[tuple[int, bytes], ...]  # (offset, bytes); -512: the footer
     uris: tuple[str, ...] = ()  # ovf:format values declaring it (first: ours)
-    uri_prefix: str | None = None  # any URI starting so declares it (VMDK fragments)
+    uri_prefixes: tuple[str, ...] = ()  # any URI starting so declares it (VMDK fragments)
     checked: bool = False  # qemu-img check looks at where metadata points
     write_options: tuple[str, ...] | None = None  # -o for export; None: not written
     alias: str | None = None  # --format name on export
 
 
 VMDK_URI = "http://www.vmware.com/interfaces/specifications/vmdk.html"
+# The spellings tools write, whatever the fragment (#sparse, #compressed,
+# #streamOptimized, #monolithicSparse): OVF 1.x, VMware's OVF 0.9, and a
+# doubled "interfaces" seen in the wild.
+_VMDK_PREFIXES = (VMDK_URI, "http://www.vmware.com/specifications/vmdk.html",
+                  "http://www.vmware.com/interfaces/interfaces/specifications/vmdk.html")
 
 FORMATS: tuple[DiskFormat, ...] = (
     DiskFormat("raw", (), uris=("http://en.wikipedia.org/wiki/Byte",  # upstream Ganeti's
@@ -74,7 +79,7 @@ FORMATS: tuple[DiskFormat, ...] = (
     DiskFormat("qed", ((0, b"QED\x00"),), checked=True),
     # streamOptimized is the VMDK that ovftool, ESXi and VirtualBox import.
     DiskFormat("vmdk", ((0, b"KDMV"),), uris=(VMDK_URI + "#streamOptimized",),
-               uri_prefix=VMDK_URI, checked=True,
+               uri_prefixes=_VMDK_PREFIXES, checked=True,
                write_options=("-o", "subformat=streamOptimized"), alias="vmdk"),
     DiskFormat("vdi", ((0x40, b"\x7f\x10\xda\xbe"),),
                uris=("http://www.virtualbox.org/manual/ch12.html#vdi",)),
@@ -83,7 +88,8 @@ FORMATS: tuple[DiskFormat, ...] = (
                      "https://docs.microsoft.com/en-us/windows-server/virtualization/"
                      "hyper-v/vhdx")),
     DiskFormat("vpc", ((0, b"conectix"), (-512, b"conectix")),
-               uris=("http://go.microsoft.com/fwlink/?LinkId=137171",)),
+               uris=("http://go.microsoft.com/fwlink/?LinkId=137171",
+                     "http://www.microsoft.com/technet/virtualserver/downloads/vhdspec.mspx")),
 )
 
 _BY_NAME = {f.name: f for f in FORMATS}
@@ -136,7 +142,7 @@ def declared_format(uri: str | None) -> str | None:
         return "raw"
     u = uri.strip()
     for f in FORMATS:
-        if u in f.uris or (f.uri_prefix and u.lower().startswith(f.uri_prefix.lower())):
+        if u in f.uris or any(u.lower().startswith(p.lower()) for p in f.uri_prefixes):
             return f.name
     return None
 

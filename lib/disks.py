@@ -90,7 +90,8 @@ _VMDK_NO_PARENT = 0xFFFFFFFF
 # limits fit it; `convert` gets CPU in proportion to the size it converts
 # (:func:`_convert_limits`).
 _INFO_LIMITS = _Limits(address_space=1 << 30, cpu_seconds=30, wall_seconds=120)
-_CHECK_LIMITS = _Limits(address_space=1 << 30, cpu_seconds=600)
+# Metadata only, so half an hour of wall clock is generous even on slow storage.
+_CHECK_LIMITS = _Limits(address_space=1 << 30, cpu_seconds=600, wall_seconds=1800)
 
 #: `qemu-img convert`: CPU seconds granted whatever the size, and bytes of
 #: virtual size per further CPU second.  qemu-img inflates a compressed

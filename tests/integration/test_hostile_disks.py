@@ -341,3 +341,19 @@ def test_verify_uses_the_same_inspection(build, tmp_path):
     problems, _ = report.verify_package(pkg)
     assert any("blank 'disk 0' claims a virtual size of 1125899906842624" in p
                for p in problems)
+
+
+@pytest.mark.parametrize("uri, fmt", [
+    (VMDK_SO, "vmdk"),
+    ("http://www.vmware.com/specifications/vmdk.html#sparse", "vmdk"),
+    ("http://www.vmware.com/interfaces/specifications/vmdk.html#monolithicSparse", "vmdk"),
+    ("http://www.gnome.org/~markmc/qcow-image-format.html", "qcow2"),
+    ("http://www.ganeti.org/raw", "raw"),
+    ("http://example.com/whatever#raw", "raw"),
+    ("http://www.microsoft.com/technet/virtualserver/downloads/vhdspec.mspx", "vpc"),
+    ("http://example.com/unknown", None),
+    ("", None),
+])
+def test_declared_format_spellings(uri, fmt):
+    from ganeti_ovf import diskformats
+    assert diskformats.declared_format(uri) == fmt
