@@ -357,3 +357,24 @@ def test_verify_uses_the_same_inspection(build, tmp_path):
 def test_declared_format_spellings(uri, fmt):
     from ganeti_ovf import diskformats
     assert diskformats.declared_format(uri) == fmt
+
+
+@pytest.mark.parametrize("case", ["blank", "header"])
+def test_petabyte_claims_fail_fast_and_small(build, tmp_path, os_path, case):
+    """The issue's two resource cases through the real command: each fails
+    in well under 10 s, with every process of it under 200 MiB."""
+    if case == "blank":
+        pkg, _ = build(Appliance(name="pb", disks=[DiskSpec(PB, blank=True)]), ova=False,
+                       manifest=None)
+        ovf = Path(pkg)
+    else:
+        ovf, disk = package(build, "pb", "qcow2", 16 * MIB)
+        img = tmp_path / "peta.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), str(PB)],
+                       check=True)
+        replace_disk(ovf, disk, img)
+    res, took, peak = run_import(ovf, tmp_path / "o", os_path)
+    assert res.returncode != 0 and took < 10, (res.stderr, took)
+    assert "1125899906842624" in res.stderr and "Traceback" not in res.stderr
+    assert peak < 200 * 1024, peak
+    assert not list((tmp_path / "o").iterdir())
