@@ -45,6 +45,7 @@ from .diskformats import (
     CHECKED_FORMATS,
     EXPORT_FORMATS,
     REFUSED_MAGIC,
+    _read,
     check_declared,
     check_vmdk_header,
     detect_format,
@@ -56,6 +57,8 @@ from .qemuimg import Limits as _Limits
 
 __all__ = [
     "inspect",
+    "check_size",
+    "MAX_VIRTUAL_SIZE",
     "data_bytes",
     "QEMU_IMG",
     "ACCEPTED_FORMATS",
@@ -135,13 +138,6 @@ class ImageInfo:
     corrupt: bool = False
     encrypted: bool = False
     filename: str = ""
-
-
-def _read(src: ByteRange, start: int, length: int, label: str) -> bytes:
-    try:
-        return src.read(start, length)
-    except OSError as e:
-        raise DiskImageError(f"cannot read image: {e.strerror or e}", label) from e
 
 
 def _u32le(b: bytes, off: int) -> int:

@@ -15,10 +15,9 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 from .errors import DiskImageError
 
@@ -92,6 +91,32 @@ def _reason(stderr: str, argv: list[str], name: str, prefer: str = "") -> str:
 _PINNED_FD = re.compile(r"/proc/self/fd/(\d+)")
 
 
+class _Stderr(threading.Thread):
+    """Drains qemu-img's stderr as it comes, keeping its first and last
+    :data:`_STDERR_KEPT` bytes: the lines we quote, in bounded memory and
+    no file, however much a crafted image makes ``check`` complain."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        super().__init__(daemon=True, name="qemu-img-stderr")
+        self._pipe = pipe
+        self._head = b""
+        self._tail = b""
+        self._cut = False
+
+    def run(self) -> None:
+        while block := self._pipe.read1(_STDERR_KEPT):
+            if len(self._head) < _STDERR_KEPT:
+                self._head += block
+            else:
+                self._cut = self._cut or len(self._tail) + len(block) > _STDERR_KEPT
+                self._tail = (self._tail + block)[-_STDERR_KEPT:]
+
+    def text(self) -> str:
+        self.join()
+        gap = b"\n...\n" if self._cut else b""
+        return (self._head + gap + self._tail).decode("utf-8", "replace")
+
+
 def run(
     qemu: str,
     argv: list[str],
@@ -119,37 +144,39 @@ def run(
     # Files a package holds open are named /proc/self/fd/N; qemu-img gets
     # the same descriptors, so it reads the very file that was checked.
     fds = tuple(sorted({int(n) for a in argv for n in _PINNED_FD.findall(a)}))
-    with tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=err, env=_ENV, cwd="/")
-        except OSError as e:
-            raise DiskImageError(f"cannot run qemu-img: {e.strerror or e}", name) from e
-        expired = threading.Event()
+    try:
+        proc = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_ENV,
+                                cwd="/")
+    except OSError as e:
+        raise DiskImageError(f"cannot run qemu-img: {e.strerror or e}", name) from e
+    err = _Stderr(proc.stderr)
+    err.start()
+    expired = threading.Event()
 
-        def expire() -> None:
-            expired.set()
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(limits.wall_seconds, expire) if limits.wall_seconds else None
+    try:
+        if timer is not None:
+            timer.start()
+        stdout = _read_stdout(proc, sub, name, on_line)
+        proc.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if proc.poll() is None:  # our error or Ctrl-C: it must not outlive the call
             proc.kill()
-
-        timer = threading.Timer(limits.wall_seconds, expire) if limits.wall_seconds else None
-        try:
-            if timer is not None:
-                timer.start()
-            stdout = _read_stdout(proc, sub, name, on_line)
             proc.wait()
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if proc.poll() is None:  # our error or Ctrl-C: it must not outlive the call
-                proc.kill()
-                proc.wait()
-            assert proc.stdout is not None
-            proc.stdout.close()
-        if expired.is_set():
-            raise DiskImageError(
-                f"qemu-img {sub} did not finish within {limits.wall_seconds:g} s", name)
-        err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_KEPT))
-        stderr = err.read().decode("utf-8", "replace")
+        stderr = err.text()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    if expired.is_set():
+        raise DiskImageError(f"qemu-img {sub} did not finish within {limits.wall_seconds:g} s",
+                             name)
     if proc.returncode in ok:
         return stdout
     log.debug("qemu-img %s exited %d, stderr:\n%s", sub, proc.returncode, stderr)

@@ -898,3 +898,15 @@ def test_blank_beyond_the_bound_refused(tmp_path: Path) -> None:
                                              r"1125899906842624 bytes"):
         disks.create_blank(str(tmp_path / "b"), 1 << 50)
     assert not (tmp_path / "b").exists()
+
+
+def test_stderr_is_bounded_and_quoted(images: dict[str, Path], fake_qemu) -> None:
+    """A flood on stderr is drained in bounded memory; the first ERROR line
+    and the last line are still what the operator sees."""
+    fake_qemu('echo "ERROR first" >&2; head -c 50000000 /dev/zero | tr "\\0" x >&2; '
+              'echo >&2; echo "qemu-img: the end" >&2; exit 1')
+    with pytest.raises(DiskImageError, match=r"^d: qemu-img info exited with code 1: "
+                                             r"the end$"):
+        disks.image_info(whole(images["raw"]), "raw", name="d")
+    with pytest.raises(DiskImageError, match=r"qemu-img check exited with code 1: ERROR first"):
+        disks.check_image(whole(images["qcow2"]), "qcow2", name="d")
