@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from . import diskformats
 from . import disks as diskmod
 from .errors import OvfError
 from .importer import check_package, load_envelope
@@ -36,6 +37,7 @@ def _disk_data(pkg: Package, disk: Disk, probe: bool) -> dict[str, Any]:
         try:
             src = pkg.get(ref.href).byte_range()
             fmt = diskmod.detect_format(src, name=ref.href)
+            diskformats.check_declared(disk.format_uri, fmt, name=ref.href)
             info = diskmod.image_info(src, fmt, name=ref.href)
             d["format"] = fmt
             d["virtual_size"] = info.virtual_size

@@ -378,3 +378,13 @@ def test_petabyte_claims_fail_fast_and_small(build, tmp_path, os_path, case):
     assert "1125899906842624" in res.stderr and "Traceback" not in res.stderr
     assert peak < 200 * 1024, peak
     assert not list((tmp_path / "o").iterdir())
+
+
+def test_info_shows_a_format_that_lies(build):
+    pkg, _ = build(Appliance(name="infol", disks=[DiskSpec(MIB, "vmdk")]), ova=False,
+                   manifest=None)
+    ovf = Path(pkg)
+    disk = ovf.parent / "infol-disk1.vmdk"
+    replace_disk(ovf, disk, os.urandom(MIB))
+    text = report.info_text(report.package_info(str(ovf)))
+    assert "PROBLEM: image 'infol-disk1.vmdk' is declared vmdk" in text
