@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import diskformats, integrity, oslist, sparse
 from . import disks as diskmod
+from . import integrity, oslist, sparse
 from .descriptor.reader import parse_descriptor
 from .errors import (
     DescriptorError,
@@ -362,10 +362,6 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
         os_params=os_params, source=_printable(os.path.basename(path)),
     )
     return cfg, plan, warnings
-
-
-RAW_FORMAT_URIS = diskformats.RAW_URIS
-declares_raw = diskformats.declares_raw
 
 
 def _consistent_memory(backend: dict[str, str], given: Mapping[str, str]) -> None:
