@@ -35,6 +35,7 @@ __all__ = [
     "FORMATS",
     "ACCEPTED_FORMATS",
     "CHECKED_FORMATS",
+    "EXPORT_ALIASES",
     "EXPORT_FORMATS",
     "RAW_URIS",
     "REFUSED_MAGIC",
@@ -67,20 +68,22 @@ VMDK_URI = "http://www.vmware.com/interfaces/specifications/vmdk.html"
 _VMDK_PREFIXES = (VMDK_URI, "http://www.vmware.com/specifications/vmdk.html",
                   "http://www.vmware.com/interfaces/interfaces/specifications/vmdk.html")
 
+#: The table.  Rows with an ``alias`` are the export formats, the default
+#: (streamOptimized VMDK) first.
 FORMATS: tuple[DiskFormat, ...] = (
-    DiskFormat("raw", (), uris=("http://en.wikipedia.org/wiki/Byte",  # upstream Ganeti's
-                                "http://www.ganeti.org/raw"),
-               write_options=(), alias="raw"),
+    # streamOptimized is the VMDK that ovftool, ESXi and VirtualBox import.
+    DiskFormat("vmdk", ((0, b"KDMV"),), uris=(VMDK_URI + "#streamOptimized",),
+               uri_prefixes=_VMDK_PREFIXES, checked=True,
+               write_options=("-o", "subformat=streamOptimized"), alias="vmdk"),
     # compat=1.1 is the qcow2 every supported qemu reads.
     DiskFormat("qcow2", ((0, b"QFI\xfb"),),
                uris=("http://www.gnome.org/~markmc/qcow-image-format.html",
                      "https://people.gnome.org/~markmc/qcow-image-format.html"),
                checked=True, write_options=("-o", "compat=1.1"), alias="qcow2"),
+    DiskFormat("raw", (), uris=("http://en.wikipedia.org/wiki/Byte",  # upstream Ganeti's
+                                "http://www.ganeti.org/raw"),
+               write_options=(), alias="raw"),
     DiskFormat("qed", ((0, b"QED\x00"),), checked=True),
-    # streamOptimized is the VMDK that ovftool, ESXi and VirtualBox import.
-    DiskFormat("vmdk", ((0, b"KDMV"),), uris=(VMDK_URI + "#streamOptimized",),
-               uri_prefixes=_VMDK_PREFIXES, checked=True,
-               write_options=("-o", "subformat=streamOptimized"), alias="vmdk"),
     DiskFormat("vdi", ((0x40, b"\x7f\x10\xda\xbe"),),
                uris=("http://www.virtualbox.org/manual/ch12.html#vdi",)),
     DiskFormat("vhdx", ((0, b"vhdxfile"),), checked=True,
@@ -98,6 +101,8 @@ _BY_NAME = {f.name: f for f in FORMATS}
 ACCEPTED_FORMATS = frozenset(_BY_NAME)
 #: Formats whose ``qemu-img check`` looks at where metadata points.
 CHECKED_FORMATS = frozenset(f.name for f in FORMATS if f.checked)
+#: ``--format`` names of the export formats, the default first.
+EXPORT_ALIASES: tuple[str, ...] = tuple(f.alias for f in FORMATS if f.alias)
 #: Export formats and the ``-o`` options qemu-img writes each with.
 EXPORT_FORMATS: dict[str, tuple[str, ...]] = {
     f.name: f.write_options for f in FORMATS if f.write_options is not None}

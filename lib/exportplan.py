@@ -58,7 +58,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("vmdk", "qcow2", "raw")
+FORMATS = diskformats.EXPORT_ALIASES  # vmdk (default), qcow2, raw
 # The ovf:format each writes: the first URI of its row in diskformats.
 FORMAT_URIS = {name: diskformats.by_name(name).uris[0] for name in FORMATS}
 NIC_MODEL = "E1000"  # the adapter both VMware and VirtualBox accept (see descriptor.writer)

@@ -910,3 +910,15 @@ def test_stderr_is_bounded_and_quoted(images: dict[str, Path], fake_qemu) -> Non
         disks.image_info(whole(images["raw"]), "raw", name="d")
     with pytest.raises(DiskImageError, match=r"qemu-img check exited with code 1: ERROR first"):
         disks.check_image(whole(images["qcow2"]), "qcow2", name="d")
+
+
+def test_format_table_is_consistent() -> None:
+    """Each export format declares itself by its own URI, and every driver
+    in the table is one this qemu-img supports."""
+    from ganeti_ovf import diskformats
+    for alias in diskformats.EXPORT_ALIASES:
+        row = diskformats.by_name(alias)
+        assert diskformats.declared_format(row.uris[0]) == row.name
+        assert diskformats.EXPORT_FORMATS[row.name] == row.write_options
+    supported = qemu_img("--help").stdout.split("Supported formats:")[1].split()
+    assert diskformats.ACCEPTED_FORMATS <= set(supported)
