@@ -922,3 +922,13 @@ def test_format_table_is_consistent() -> None:
         assert diskformats.EXPORT_FORMATS[row.name] == row.write_options
     supported = qemu_img("--help").stdout.split("Supported formats:")[1].split()
     assert diskformats.ACCEPTED_FORMATS <= set(supported)
+
+
+def test_check_and_map_run_under_limits(images: dict[str, Path], fake_qemu) -> None:
+    fake_qemu('echo "limits cpu=$(ulimit -t) as=$(ulimit -v)" >&2; exit 1')
+    with pytest.raises(DiskImageError, match=r"qemu-img check exited with code 1: "
+                                             r"limits cpu=600 as=1048576$"):
+        disks.check_image(whole(images["qcow2"]), "qcow2", name="d")
+    with pytest.raises(DiskImageError, match=r"qemu-img map exited with code 1: "
+                                             r"limits cpu=600 as=1048576$"):
+        disks.data_bytes(whole(images["qcow2"]), "qcow2", name="d")
