@@ -391,3 +391,37 @@ def test_info_shows_a_format_that_lies(build):
     replace_disk(ovf, disk, os.urandom(MIB))
     text = report.info_text(report.package_info(str(ovf)))
     assert "PROBLEM: image 'infol-disk1.vmdk' is declared vmdk" in text
+
+
+def test_finding4_vmdk_in_a_small_ova_fails_fast(build, tmp_path, os_path):
+    """The review's case as it came: a 1 KiB-header monolithicSparse VMDK
+    (2^29 sectors, 1-sector grains, grain directory beyond the end) in an
+    OVA of a few KiB."""
+    import io
+    import tarfile
+    pkg, _ = build(Appliance(name="f4", disks=[DiskSpec(MIB, "vmdk-sparse")]), manifest=None)
+    cap = 1 << 29
+    img = vmdk_header(tmp_path / "f4.vmdk", cap, 1, 21, 22 * 512).read_bytes()
+    members = {}
+    with tarfile.open(pkg) as tar:
+        for m in tar.getmembers():
+            members[m.name] = tar.extractfile(m).read()
+    disk_name = next(n for n in members if n.endswith(".vmdk"))
+    ovf_name = next(n for n in members if n.endswith(".ovf"))
+    text = members[ovf_name].decode()
+    start = text.index('ovf:size="') + len('ovf:size="')
+    text = text[:start] + str(len(img)) + text[text.index('"', start):]
+    start = text.index('ovf:capacity="') + len('ovf:capacity="')
+    text = text[:start] + str(cap * 512) + text[text.index('"', start):]
+    members[ovf_name], members[disk_name] = text.encode(), img
+    ova = tmp_path / "f4.ova"
+    with tarfile.open(ova, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in (ovf_name, disk_name):
+            info = tarfile.TarInfo(name)
+            info.size = len(members[name])
+            tar.addfile(info, io.BytesIO(members[name]))
+    assert ova.stat().st_size < 32 * 1024
+    res, took, peak = run_import(ova, tmp_path / "o", os_path)
+    assert res.returncode != 0 and took < 10, (res.stderr, took)
+    assert "VMDK grain size of 1 sectors" in res.stderr, res.stderr
+    assert peak < 200 * 1024, peak
