@@ -14,9 +14,14 @@ same rules:
   files and VMDK extents are reported by ``qemu-img info`` (which does not
   open them) and refused by :func:`check_safe` before ``check`` or
   ``convert`` would.
-* ``info`` and ``check`` run under CPU and address-space limits, as
-  OpenStack does for the same reason (crafted headers make qemu-img burn
-  CPU or memory).
+* Every qemu-img run has CPU and address-space limits, as OpenStack gives
+  ``info`` for the same reason (crafted headers make qemu-img burn CPU or
+  memory); ``convert`` gets CPU in proportion to the virtual size.  The
+  runner (:mod:`ganeti_ovf.qemuimg`) also ties qemu-img's life to ours.
+* Sizes are checked before work grows with them (:func:`inspect`): the
+  declared format, the VMDK header's bounds, the virtual size against the
+  disk size and :data:`MAX_VIRTUAL_SIZE` come before ``check`` and ``map``.
+  Formats themselves are described in :mod:`ganeti_ovf.diskformats`.
 * Every failure is a :class:`~ganeti_ovf.errors.DiskImageError` whose one
   line names the image as the operator knows it (``disk1.vmdk``) and quotes
   qemu-img's last stderr line, like Ganeti's ``RunResult.fail_reason``.
@@ -27,22 +32,33 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
-import signal
 import stat
 import struct
-import subprocess
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-from . import sparse
+from . import qemuimg, sparse
+from .diskformats import (
+    ACCEPTED_FORMATS,
+    CHECKED_FORMATS,
+    EXPORT_FORMATS,
+    REFUSED_MAGIC,
+    _read,
+    check_declared,
+    check_vmdk_header,
+    detect_format,
+)
 from .errors import DiskImageError
+from .exportdir import human_size
 from .model import ByteRange
+from .qemuimg import Limits as _Limits
 
 __all__ = [
     "inspect",
+    "check_size",
+    "MAX_VIRTUAL_SIZE",
     "data_bytes",
     "QEMU_IMG",
     "ACCEPTED_FORMATS",
@@ -66,69 +82,38 @@ log = logging.getLogger(__name__)
 #: then ``/usr/bin/qemu-img``.  Tests and odd installations set it.
 QEMU_IMG: str | None = None
 
-#: Formats we hand to qemu-img as ``-f``: the values detect_format returns.
-ACCEPTED_FORMATS = frozenset({"raw", "qcow2", "qed", "vmdk", "vdi", "vhdx", "vpc"})
-
-#: Output formats of :func:`convert_from_raw` and the ``-o`` options each
-#: gets: streamOptimized is the VMDK that ovftool, ESXi and VirtualBox
-#: import; compat=1.1 is the qcow2 every supported qemu reads.
-EXPORT_FORMATS: dict[str, tuple[str, ...]] = {
-    "raw": (),
-    "qcow2": ("-o", "compat=1.1"),
-    "vmdk": ("-o", "subformat=streamOptimized"),
-}
-
-#: Magic we refuse although qemu-img could read it: (offset, magic, what,
-#: why).  A negative offset counts from the end of the image.
-REFUSED_MAGIC: tuple[tuple[int, bytes, str, str], ...] = (
-    (0, b"LUKS\xba\xbe", "LUKS", "encrypted; we have no key for it"),
-    (0, b"COWD", "VMDK3 (COWD)", "an ESX redo log whose parent is not in the package"),
-    (0, b"WithoutFreeSpace", "Parallels", "format not accepted"),
-    (0, b"WithouFreSpacExt", "Parallels", "format not accepted"),
-    (0, b"Bochs Virtual HD Image", "Bochs", "format not accepted"),
-    (0, b"#!/bin/sh\n#V2.0 Format\n", "cloop", "format not accepted"),
-    (-512, b"koly", "DMG", "format not accepted"),
-    (0, b"\x1f\x8b", "gzip", "compressed; declare ovf:compression or unpack it first"),
-    (0, b"\xfd7zXZ\x00", "xz", "compressed; unpack it first"),
-    (0, b"\x28\xb5\x2f\xfd", "zstd", "compressed; unpack it first"),
-    (0, b"BZh", "bzip2", "compressed; unpack it first"),  # + digit + "1AY&SY", below
-)
-
 _SECTOR = 512
-_HEAD = 4096  # bytes of the start we look at; every magic we know is inside
 _VMDK_NO_PARENT = 0xFFFFFFFF
-
-
-class _Limits(NamedTuple):
-    """Resource limits for one qemu-img run (0 = none)."""
-
-    address_space: int = 0  # bytes, RLIMIT_AS
-    cpu_seconds: int = 0  # RLIMIT_CPU; SIGXCPU kills qemu-img past it
-    wall_seconds: float | None = None  # subprocess timeout
 
 
 # Parsing headers is where crafted images hurt (CVE-2015-5162 and kin);
 # these are OpenStack's long-standing numbers for `qemu-img info`.  `check`
-# walks all metadata, so it gets more CPU; `convert` is bounded by the data.
+# and `map` walk all metadata, so they get more CPU.  Every call has
+# limits (no qemu-img runs unbounded): `create` writes no data, so the info
+# limits fit it; `convert` gets CPU in proportion to the size it converts
+# (:func:`_convert_limits`).
 _INFO_LIMITS = _Limits(address_space=1 << 30, cpu_seconds=30, wall_seconds=120)
-_CHECK_LIMITS = _Limits(address_space=1 << 30, cpu_seconds=600)
-_NO_LIMITS = _Limits()
+# Metadata only, so half an hour of wall clock is generous even on slow storage.
+_CHECK_LIMITS = _Limits(address_space=1 << 30, cpu_seconds=600, wall_seconds=1800)
 
-# Runs in a fresh interpreter, sets the limits, then becomes qemu-img: the
-# thread-safe equivalent of preexec_fn (cf. oslo_concurrency.prlimit).  The
-# CPU hard limit sits above the soft one so the kill is a telling SIGXCPU,
-# not the SIGKILL that equal limits give.
-_TRAMPOLINE = (
-    "import os, resource, sys\n"
-    "a, c = int(sys.argv[1]), int(sys.argv[2])\n"
-    "if a: resource.setrlimit(resource.RLIMIT_AS, (a, a))\n"
-    "if c: resource.setrlimit(resource.RLIMIT_CPU, (c, c + 5))\n"
-    "os.execv(sys.argv[3], sys.argv[3:])\n"
-)
+#: `qemu-img convert`: CPU seconds granted whatever the size, and bytes of
+#: virtual size per further CPU second.  qemu-img inflates a compressed
+#: VMDK/qcow2 at well over 100 MiB/s of output per core and skips holes, so
+#: 16 MiB/s is a bound no honest image reaches, while a crafted one that
+#: makes qemu work per sector is stopped in proportion to what it claims.
+#: No wall-clock bound: a big disk on slow storage takes long legitimately,
+#: and a stuck qemu-img dies with us (PR_SET_PDEATHSIG) or on Ctrl-C.
+CONVERT_CPU_FLOOR = 300
+CONVERT_BYTES_PER_CPU_SECOND = 16 << 20
+# qemu-img convert runs a pool of threads, each with its own stack and
+# malloc arena: more address space than info, still a bound on a header
+# that makes qemu allocate in proportion to a claimed size.
+_CONVERT_ADDRESS_SPACE = 4 << 30
 
-# Nothing from the caller's environment: no QEMU_*/LD_* surprises, C locale
-# so messages are the English ones we match and quote.
-_ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+def _convert_limits(size: int) -> _Limits:
+    """Limits for converting ``size`` virtual bytes."""
+    return _Limits(address_space=_CONVERT_ADDRESS_SPACE,
+                   cpu_seconds=CONVERT_CPU_FLOOR + size // CONVERT_BYTES_PER_CPU_SECOND)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,118 +140,8 @@ class ImageInfo:
     filename: str = ""
 
 
-# --- reading headers ----------------------------------------------------
-
-
-def _read(src: ByteRange, start: int, length: int, label: str) -> bytes:
-    try:
-        return src.read(start, length)
-    except OSError as e:
-        raise DiskImageError(f"cannot read image: {e.strerror or e}", label) from e
-
-
 def _u32le(b: bytes, off: int) -> int:
     return struct.unpack_from("<I", b, off)[0] if len(b) >= off + 4 else 0
-
-
-def _u32be(b: bytes, off: int) -> int:
-    return struct.unpack_from(">I", b, off)[0] if len(b) >= off + 4 else 0
-
-
-def _u64le(b: bytes, off: int) -> int:
-    return struct.unpack_from("<Q", b, off)[0] if len(b) >= off + 8 else 0
-
-
-def _vmdk_descriptor_type(head: bytes) -> str | None:
-    """createType of a VMDK text descriptor, '' if unnamed, None if not one.
-
-    Recognised as qemu's vmdk probe does: the first line that is neither
-    blank nor a comment starts with ``version=``.
-    """
-    text = head.decode("latin-1")
-    if not text.lstrip("\ufeff \t\r\n").lower().startswith("# disk descriptorfile"):
-        for line in text.splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if not line.startswith("version="):
-                return None
-            break
-        else:
-            return None
-    for line in text.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "createType":
-            return value.strip().strip('"')
-    return ""
-
-
-def detect_format(src: ByteRange, *, name: str | None = None) -> str:
-    """The image's format, decided from its bytes: one of ACCEPTED_FORMATS.
-
-    Refuses (DiskImageError) what we will not open: an empty image, a VMDK
-    text descriptor or a sparse VMDK whose embedded descriptor names other
-    files (qemu would open whatever path they name), differencing VHD/VDI
-    images, and everything in REFUSED_MAGIC.  Anything unknown is raw.
-    """
-    label = name or src.label or src.path
-    if src.size <= 0:
-        raise DiskImageError("image is empty", label)
-    head = _read(src, 0, _HEAD, label)
-    if not head:
-        raise DiskImageError("image is empty (no bytes in its range)", label)
-    tail = _read(src, src.size - _SECTOR, _SECTOR, label) if src.size >= _SECTOR else b""
-
-    if head.startswith(b"QFI\xfb"):
-        version = _u32be(head, 4)
-        if version in (2, 3):
-            return "qcow2"
-        what = "qcow version 1 (legacy)" if version == 1 else f"qcow version {version}"
-        raise DiskImageError(f"{what} images are not accepted", label)
-    if head.startswith(b"QED\x00"):
-        return "qed"
-    if head.startswith(b"KDMV"):
-        if _u64le(head, 12) == 0:
-            # capacity 0 makes qemu read the embedded descriptor and open
-            # its extents: any host file the stranger names.
-            raise DiskImageError(
-                "sparse VMDK with capacity 0 defers to an embedded descriptor "
-                "whose extents are separate files; not accepted",
-                label,
-            )
-        return "vmdk"
-    if head[0x40:0x44] == b"\x7f\x10\xda\xbe":
-        image_type = _u32le(head, 0x4C)
-        if image_type not in (1, 2):  # 1 normal (dynamic), 2 fixed
-            raise DiskImageError(
-                f"VDI image type {image_type} (undo/differencing) needs its "
-                "parent image; not accepted",
-                label,
-            )
-        return "vdi"
-    if head.startswith(b"vhdxfile"):
-        return "vhdx"
-    for footer in (head[:_SECTOR], tail):
-        if footer.startswith(b"conectix"):
-            disk_type = _u32be(footer, 60)
-            if disk_type == 4:
-                raise DiskImageError("differencing VHD needs its parent image; not accepted", label)
-            return "vpc"
-    desc = _vmdk_descriptor_type(head)
-    if desc is not None:
-        raise DiskImageError(
-            f"is a VMDK text descriptor (createType {desc!r}) whose data is in "
-            "separate extent files; ship one monolithicSparse or "
-            "streamOptimized VMDK instead",
-            label,
-        )
-    for offset, magic, what, why in REFUSED_MAGIC:
-        data = tail if offset < 0 else head[offset:]
-        if data.startswith(magic):
-            if magic == b"BZh" and not (head[3:4].isdigit() and head[4:10] == b"1AY&SY"):
-                continue
-            raise DiskImageError(f"{what} image: {why}", label)
-    return "raw"
 
 
 # --- json: filenames ----------------------------------------------------
@@ -340,6 +215,13 @@ def json_filename(src: ByteRange, fmt: str) -> str:
 # --- running qemu-img ---------------------------------------------------
 
 
+def _run(argv: list[str], *, name: str, limits: _Limits, ok: tuple[int, ...] = (0,),
+         prefer: str = "", on_line: Callable[[str], None] | None = None) -> str:
+    """:func:`qemuimg.run` with our qemu-img (:data:`QEMU_IMG`)."""
+    return qemuimg.run(_qemu_img(name), argv, name=name, limits=limits, ok=ok, prefer=prefer,
+                       on_line=on_line)
+
+
 def _qemu_img(label: str) -> str:
     path = QEMU_IMG or shutil.which("qemu-img") or "/usr/bin/qemu-img"
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
@@ -348,107 +230,6 @@ def _qemu_img(label: str) -> str:
             label,
         )
     return path
-
-
-_JSON_NAME = re.compile(r"json:\{[^']*\}")
-
-
-def _reason(stderr: str, argv: list[str], name: str, prefer: str = "") -> str:
-    """The stderr line the operator needs, with json: specs shown as ``name``.
-
-    The last non-empty line, like Ganeti's fail_reason; or the first line
-    starting with ``prefer`` (qemu-img check ends with a vaguer summary).
-    """
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    if prefer:
-        lines = [ln for ln in lines if ln.startswith(prefer)][:1] or lines
-    if not lines:
-        return ""
-    line = lines[-1]
-    for arg in argv:
-        if arg.startswith("json:"):
-            line = line.replace(arg, name)
-    line = _JSON_NAME.sub(lambda _m: name, line)  # qemu's own spelling of inner nodes
-    return line.removeprefix("qemu-img: ").strip()
-
-
-_PINNED_FD = re.compile(r"/proc/self/fd/(\d+)")
-
-
-def _run(
-    argv: list[str],
-    *,
-    name: str,
-    limits: _Limits = _NO_LIMITS,
-    ok: tuple[int, ...] = (0,),
-    prefer: str = "",
-) -> str:
-    """Run ``qemu-img argv`` and return its stdout.
-
-    Raises DiskImageError naming ``name`` and saying why: exit code or
-    signal plus qemu-img's last stderr line, timeout, or qemu-img missing.
-    Exit codes in ``ok`` count as success; ``prefer`` picks the first
-    stderr line with that prefix over the last line.
-    """
-    qemu = _qemu_img(name)
-    sub = argv[0] if argv else "?"
-    if limits.address_space or limits.cpu_seconds:
-        cmd = [
-            sys.executable or "/usr/bin/python3",
-            "-I",
-            "-S",
-            "-c",
-            _TRAMPOLINE,
-            str(limits.address_space),
-            str(limits.cpu_seconds),
-            qemu,
-            *argv,
-        ]
-    else:
-        cmd = [qemu, *argv]
-    log.debug("running %s", " ".join([qemu, *argv]))
-    # Files a package holds open are named /proc/self/fd/N; qemu-img gets
-    # the same descriptors, so it reads the very file that was checked.
-    fds = tuple(sorted({int(n) for a in argv for n in _PINNED_FD.findall(a)}))
-    try:
-        res = subprocess.run(
-            cmd,
-            pass_fds=fds,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=_ENV,
-            cwd="/",
-            timeout=limits.wall_seconds,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise DiskImageError(
-            f"qemu-img {sub} did not finish within {limits.wall_seconds:g} s", name
-        ) from e
-    except OSError as e:
-        raise DiskImageError(f"cannot run qemu-img: {e.strerror or e}", name) from e
-    stdout = res.stdout.decode("utf-8", "replace")
-    stderr = res.stderr.decode("utf-8", "replace")
-    if res.returncode in ok:
-        return stdout
-    log.debug("qemu-img %s exited %d, stderr:\n%s", sub, res.returncode, stderr)
-    last = _reason(stderr, argv, name, prefer)
-    if res.returncode < 0:
-        signum = -res.returncode
-        try:
-            signame = signal.Signals(signum).name
-        except ValueError:
-            signame = "unknown"
-        problem = f"qemu-img {sub} was killed by signal {signum} ({signame})"
-        if signum == signal.SIGXCPU:
-            problem += f": CPU time limit of {limits.cpu_seconds} s exceeded"
-        elif last:
-            problem += f": {last}"
-    else:
-        problem = f"qemu-img {sub} exited with code {res.returncode}"
-        if last:
-            problem += f": {last}"
-    raise DiskImageError(problem, name)
 
 
 # --- operations ---------------------------------------------------------
@@ -573,10 +354,6 @@ def check_safe(info: ImageInfo, *, name: str) -> None:
         raise DiskImageError(f"{info.format} image is marked corrupt", name)
 
 
-# Formats whose qemu-img check looks at where metadata points.
-_CHECKED_FORMATS = frozenset({"qcow2", "qed", "vmdk", "vhdx"})
-
-
 def _vdi_truncated(src: ByteRange, label: str) -> str | None:
     """qemu's VDI check ignores the file's length; compare it ourselves."""
     head = _read(src, 0, 0x190, label)
@@ -604,7 +381,7 @@ def check_image(src: ByteRange, fmt: str, *, name: str) -> None:
         problem = _vdi_truncated(src, name)
         if problem:
             raise DiskImageError(problem, name)
-    if fmt not in _CHECKED_FORMATS:
+    if fmt not in CHECKED_FORMATS:
         return
     # Exit codes: 0 clean, 3 leaked clusters only (harmless to a reader),
     # 63 no check for this format; 2 corruptions, 1 the check failed.
@@ -621,15 +398,68 @@ def check_image(src: ByteRange, fmt: str, *, name: str) -> None:
         raise DiskImageError(problem, name) from e
 
 
-def inspect(src: ByteRange, *, name: str) -> tuple[str, ImageInfo]:
+#: The largest virtual disk accepted: 64 TiB, the VHDX maximum and above
+#: VMware's 62 TiB, so no image any hypervisor makes is refused, while a
+#: header claiming a petabyte is stopped before qemu-img walks it.
+MAX_VIRTUAL_SIZE = 64 << 40
+
+
+def check_size(size: int, *, name: str, limit: int | None = None,
+               what: str = "image", path: str | None = None) -> None:
+    """Refuse a virtual ``size`` above :data:`MAX_VIRTUAL_SIZE`, or above
+    ``limit`` (the disk size the descriptor or the operator gives)."""
+    where = path or name
+    if limit and size > limit:
+        raise DiskImageError(f"{what} {name!r} holds {size} bytes, more than the disk size "
+                             f"{limit}", where)
+    if size > MAX_VIRTUAL_SIZE:
+        raise DiskImageError(f"{what} {name!r} claims a virtual size of {size} bytes "
+                             f"({human_size(size)}); more than {human_size(MAX_VIRTUAL_SIZE)} "
+                             "is not accepted", where)
+
+
+def inspect(src: ByteRange, *, name: str, limit: int | None = None,
+            declared: str | None = None, path: str | None = None) -> tuple[str, ImageInfo]:
     """Format (from content) and facts of an untrusted image, refusing any
-    that is unsafe or damaged: detect, info, check_safe, check_image -- the
-    one sequence the importer and ``verify`` share."""
+    that is unsafe, damaged, or not what the package says -- the one
+    sequence the importer and ``verify`` share.
+
+    Cheap checks come before the ones whose work grows with the image:
+    detect, the declared format ``declared`` (an ovf:format URI), the
+    VMDK header's own bounds, ``info``, the virtual size against ``limit``
+    and :data:`MAX_VIRTUAL_SIZE`; only then ``check_safe`` and ``check``.
+    Size errors name ``path`` (the package) when given.
+    """
     fmt = detect_format(src, name=name)
+    check_declared(declared, fmt, name=name, path=path)
+    if fmt == "vmdk":
+        check_vmdk_header(src, name=name)
     info = image_info(src, fmt, name=name)
+    check_size(info.virtual_size, name=name, limit=limit, path=path)
     check_safe(info, name=name)
     check_image(src, fmt, name=name)
     return fmt, info
+
+
+class _DataCounter:
+    """Sums the data extents of ``qemu-img map --output=json``, one line at
+    a time: qemu prints one extent per line, and a crafted image can make
+    millions of them, so the whole answer is never held."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.total = 0
+
+    def __call__(self, line: str) -> None:
+        text = line.strip().lstrip("[").rstrip("],").strip()
+        if not text:
+            return
+        try:
+            extent = json.loads(text)
+            if extent.get("data"):
+                self.total += int(extent["length"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise DiskImageError(f"qemu-img map gave no usable answer: {e}", self.name) from e
 
 
 def data_bytes(src: ByteRange, fmt: str, *, name: str) -> int:
@@ -639,33 +469,36 @@ def data_bytes(src: ByteRange, fmt: str, *, name: str) -> int:
     if fmt == "raw":
         return sparse.allocated(src.path, src.offset, src.size)
     spec, _ = _spec(src, fmt, name)
-    out = _run(["map", "-f", fmt, "--output=json", spec], name=name, limits=_CHECK_LIMITS)
-    try:
-        extents = json.loads(out)
-        return sum(int(e["length"]) for e in extents if e.get("data"))
-    except (ValueError, KeyError, TypeError) as e:
-        raise DiskImageError(f"qemu-img map gave no usable answer: {e}", name) from e
+    count = _DataCounter(name)
+    _run(["map", "-f", fmt, "--output=json", spec], name=name, limits=_CHECK_LIMITS,
+         on_line=count)
+    return count.total
 
 
 def convert_to_raw(src: ByteRange, fmt: str, dest: str, *, name: str,
-                   inspected: bool = False) -> None:
+                   inspected: ImageInfo | None = None) -> None:
     """Write the image's guest-visible bytes to a new sparse raw file ``dest``.
 
     Runs info, check_safe and check_image first, so no caller can convert
-    an unsafe image by forgetting a step; ``inspected`` says the caller has
-    just run :func:`inspect` on this very range (the importer does, before
-    planning), which saves two qemu-img runs per disk.  Zero runs become holes (qemu's
-    default ``-S 4k`` on a freshly created raw file).  No ``-W``: qemu
-    recommends out-of-order writes only for preallocated block devices, and
-    on a sparse file they fragment it.
+    an unsafe image by forgetting a step; ``inspected`` is what
+    :func:`inspect` just said about this very range (the importer runs it
+    before planning), which saves two qemu-img runs per disk.  Zero runs
+    become holes (qemu's default ``-S 4k`` on a freshly created raw file).
+    No ``-W``: qemu recommends out-of-order writes only for preallocated
+    block devices, and on a sparse file they fragment it.  CPU is bounded
+    in proportion to the virtual size (:data:`CONVERT_BYTES_PER_CPU_SECOND`).
     """
-    if not inspected:
-        check_safe(image_info(src, fmt, name=name), name=name)
+    info = inspected
+    if info is None:
+        info = image_info(src, fmt, name=name)
+        check_size(info.virtual_size, name=name)
+        check_safe(info, name=name)
         check_image(src, fmt, name=name)
     spec, _ = _spec(src, fmt, name)
     _run(
         ["convert", "-q", "-f", fmt, "-O", "raw", spec, os.path.abspath(dest)],
         name=name,
+        limits=_convert_limits(info.virtual_size),
     )
 
 
@@ -674,7 +507,9 @@ def create_blank(dest: str, size: int) -> None:
     label = os.path.basename(dest) or dest
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % _SECTOR:
         raise DiskImageError(f"blank disk size {size!r} is not a positive multiple of 512", label)
-    _run(["create", "-q", "-f", "raw", os.path.abspath(dest), str(size)], name=label)
+    check_size(size, name=label, what="blank disk")
+    _run(["create", "-q", "-f", "raw", os.path.abspath(dest), str(size)], name=label,
+         limits=_INFO_LIMITS)
 
 
 def _trusted_spec(path: str, fmt: str, label: str, size: int | None = None) -> str:
@@ -718,7 +553,20 @@ def convert_from_raw(src_path: str, dest: str, out_fmt: str, *, name: str,
             os.path.abspath(dest),
         ],
         name=name,
+        limits=_convert_limits(size if size is not None else _length(src_path)),
     )
+
+
+def _length(path: str) -> int:
+    """Bytes of a file or block device (st_size is 0 for a device)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return 0  # _trusted_spec has reported a missing file already
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
 
 
 def virtual_size(path: str, fmt: str) -> int:

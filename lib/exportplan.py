@@ -19,8 +19,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import diskformats, integrity
 from . import disks as diskmod
-from . import integrity
 from .descriptor.writer import VERSIONS, write_descriptor
 from .errors import DescriptorError, DiskImageError, ExportDirError, UsageError
 from .exportdir import MIB, ExportConfig, ExportDisk, check_instance_name
@@ -58,12 +58,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("vmdk", "qcow2", "raw")
-FORMAT_URIS = {
-    "vmdk": "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized",
-    "qcow2": "http://www.gnome.org/~markmc/qcow-image-format.html",
-    "raw": "http://en.wikipedia.org/wiki/Byte",  # upstream Ganeti's URI for raw
-}
+FORMATS = diskformats.EXPORT_ALIASES  # vmdk (default), qcow2, raw
+# The ovf:format each writes: the first URI of its row in diskformats.
+FORMAT_URIS = {name: diskformats.by_name(name).uris[0] for name in FORMATS}
 NIC_MODEL = "E1000"  # the adapter both VMware and VirtualBox accept (see descriptor.writer)
 MIN_CHUNK_SIZE = MIB
 VIDEO_MEMORY = 12 * MIB

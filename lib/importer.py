@@ -41,13 +41,13 @@ from .exportdir import (
     staging,
     write_config,
 )
+from .inspection import DiskInspection, inspect_disk
 from .model import (
     MAX_MEMORY,
     MAX_VCPUS,
     ByteRange,
     Disk,
     Envelope,
-    FileRef,
     GanetiNic,
     VirtualSystem,
 )
@@ -415,17 +415,6 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
     return cfg, plan, warnings
 
 
-RAW_FORMAT_URIS = frozenset([
-    "http://en.wikipedia.org/wiki/Byte",  # upstream Ganeti's and ours
-    "http://www.ganeti.org/raw",
-])
-
-
-def declares_raw(uri: str | None) -> bool:
-    """Whether a Disk's ovf:format says raw bytes (no image format)."""
-    return bool(uri) and (uri.strip() in RAW_FORMAT_URIS or uri.strip().lower().endswith("#raw"))
-
-
 def _consistent_memory(backend: dict[str, str], given: Mapping[str, str]) -> None:
     """When the operator sets only one of maxmem/minmem, keep minmem <= maxmem
     by moving the other one, not by leaving an impossible pair for Ganeti."""
@@ -613,52 +602,7 @@ def _file_names(pkg: Package, env: Envelope) -> frozenset[str]:
     return frozenset(names)
 
 
-@dataclass(frozen=True, slots=True)
-class _DiskJob:
-    """One disk to produce, inspected before anything is written."""
-
-    index: int
-    size: int  # bytes of the Ganeti disk
-    ref: FileRef | None = None  # None: blank
-    disk: Disk | None = None
-    src: ByteRange | None = None  # the image in place; None for a stream
-    fmt: str | None = None
-    need: int = 0  # bytes of output space it may take
-
-
-def _inspect(pkg: Package, disk: Disk | None, size: int, index: int) -> _DiskJob:
-    """Check one disk of the plan: sizes, format, safety; no output yet."""
-    if disk is None or disk.file_ref is None:
-        if size <= 0:
-            raise UsageError(f"disk {index} has no size", pkg.path)
-        return _DiskJob(index, size)
-    ref = disk.file_ref
-    members = pkg.file_members(ref)
-    stored = sum(m.size for m in members)
-    if ref.size is not None and ref.size != stored:
-        raise PackageError(f"file {ref.href!r} is {stored} bytes, but References "
-                           f"declares {ref.size}", pkg.path)
-    if ref.compression or ref.chunk_size:
-        if disk.capacity is None:
-            raise PackageError(f"file {ref.href!r} is compressed or chunked but its disk "
-                               "declares no capacity to bound it", pkg.path)
-        # What a stream expands to is known only once it is read: counted
-        # at its stored size here; running out later is still clean (the
-        # staging directory goes, the error names the file system).
-        return _DiskJob(index, max(size, disk.capacity), ref, disk, need=stored)
-    src = members[0].byte_range()
-    fmt, info = diskmod.inspect(src, name=ref.href)
-    if fmt != "raw" and declares_raw(disk.format_uri):
-        # A raw disk whose guest data begins like an image header: which
-        # one is meant cannot be told, and guessing gives a different disk.
-        raise DiskImageError(f"image {ref.href!r} is declared raw ({disk.format_uri}) but "
-                             f"begins like a {fmt} image; refusing to guess which it is",
-                             pkg.path)
-    if size and info.virtual_size > size:
-        raise DiskImageError(f"image {ref.href!r} holds {info.virtual_size} bytes, more than "
-                             f"the disk size {size}", pkg.path)
-    return _DiskJob(index, max(size, info.virtual_size), ref, disk, src, fmt,
-                    need=diskmod.data_bytes(src, fmt, name=ref.href))
+_DiskJob = DiskInspection  # one disk to produce: its inspection is the conversion's input
 
 
 def _produce(pkg: Package, job: _DiskJob, workdir: str,
@@ -674,7 +618,7 @@ def _produce(pkg: Package, job: _DiskJob, workdir: str,
     if job.src is not None and job.fmt is not None:
         progress(f"disk {job.index}: {name} ({job.fmt}) -> {dump}")
         with meter(progress, job.index, name, job.src.size, watch=dest):
-            diskmod.convert_to_raw(job.src, job.fmt, dest, name=name, inspected=True)
+            diskmod.convert_to_raw(job.src, job.fmt, dest, name=name, inspected=job.info)
     else:
         assert job.disk is not None
         tmp = os.path.join(workdir, f".disk{job.index}.stream")
@@ -683,16 +627,14 @@ def _produce(pkg: Package, job: _DiskJob, workdir: str,
             with meter(progress, job.index, name, job.need):
                 _stream_to_file(pkg, job.disk, tmp)
             src = ByteRange(tmp, 0, os.path.getsize(tmp))
-            fmt, info = diskmod.inspect(src, name=name)
-            if info.virtual_size > job.size:
-                raise DiskImageError(f"image {name!r} holds {info.virtual_size} bytes, more "
-                                     f"than the disk size {job.size}", pkg.path)
+            fmt, info = diskmod.inspect(src, name=name, limit=job.size,
+                                        declared=job.disk.format_uri, path=pkg.path)
             progress(f"disk {job.index}: {name} ({fmt}) -> {dump}")
             if fmt == "raw":
                 os.rename(tmp, dest)  # already the raw bytes: no second copy
             else:
                 with meter(progress, job.index, name, src.size, watch=dest):
-                    diskmod.convert_to_raw(src, fmt, dest, name=name, inspected=True)
+                    diskmod.convert_to_raw(src, fmt, dest, name=name, inspected=info)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -738,7 +680,7 @@ def _convert(pkg: Package, env: Envelope, package: str, output_dir: str, req: Im
     cfg, plan, warnings = plan_config(env, vs, req, path=package)
     for w in warnings:
         log.warning("%s: %s", package, w)
-    jobs = [_inspect(pkg, disk, size, i) for i, (disk, size) in enumerate(plan)]
+    jobs = [inspect_disk(pkg, disk, size, i) for i, (disk, size) in enumerate(plan)]
     names = gnt_disk_names(vs)
     # Everything config.ini will hold is known now: refuse what it cannot
     # hold (control characters, too many disks) before converting.

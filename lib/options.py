@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .diskformats import EXPORT_ALIASES
+
 __all__ = [
     "Opt",
     "parse_keyval",
@@ -215,7 +217,8 @@ EXPORT_OUTPUT_DIR_OPT = Opt(("--output-dir",), "output_dir",
                             "where to write (default: the current directory)", metavar="DIR")
 FORMAT_OPT = Opt(("-f", "--format"), "disk_format",
                  "disk format: vmdk (streamOptimized, default), qcow2 or raw",
-                 choices=("vmdk", "qcow2", "raw", "cow"), metavar="FORMAT", default="vmdk")
+                 choices=(*EXPORT_ALIASES, "cow"), metavar="FORMAT",
+                 default=EXPORT_ALIASES[0])
 COMPRESS_OPT = Opt(("--compress",), "compress", "gzip the disk files", action="store_true",
                    default=False)
 EXTERNAL_OPT = Opt(("--external",), "external", "leave out Ganeti's own section",

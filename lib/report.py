@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from . import diskformats
 from . import disks as diskmod
 from .errors import OvfError
 from .importer import check_package, load_envelope
+from .inspection import inspect_disks
 from .model import Disk, Envelope, VirtualSystem
 from .package import Package, open_package
 
@@ -35,6 +37,7 @@ def _disk_data(pkg: Package, disk: Disk, probe: bool) -> dict[str, Any]:
         try:
             src = pkg.get(ref.href).byte_range()
             fmt = diskmod.detect_format(src, name=ref.href)
+            diskformats.check_declared(disk.format_uri, fmt, name=ref.href)
             info = diskmod.image_info(src, fmt, name=ref.href)
             d["format"] = fmt
             d["virtual_size"] = info.virtual_size
@@ -233,21 +236,10 @@ def _verify(pkg: Package) -> tuple[list[str], list[str]]:
                             f"{ref.size}")
         else:
             checked.append(f"file {ref.href} present ({stored} bytes)")
-    for disk in env.disks:
-        ref = disk.file_ref
-        if ref is None or ref.compression or ref.chunk_size:
-            continue
-        try:
-            src = pkg.get(ref.href).byte_range()
-            fmt, info = diskmod.inspect(src, name=ref.href)
-            if disk.capacity is not None and info.virtual_size > disk.capacity:
-                problems.append(f"image {ref.href!r} holds {info.virtual_size} bytes, more "
-                                f"than its declared capacity {disk.capacity}")
-            else:
-                checked.append(f"image {ref.href} is {fmt}, {info.virtual_size} bytes, safe")
-        except OvfError as e:
-            if pkg.member(ref.href) is not None:
-                problems.append(e.problem)
+    inspected, disk_problems = inspect_disks(pkg, env.disks)
+    problems.extend(p for p in disk_problems if p not in problems)  # sizes: said above
+    checked.extend(f"image {d.ref.href} is {d.fmt}, {d.info.virtual_size} bytes, safe"
+                   for d in inspected if d.ref is not None and d.info is not None)
     extra = [n for n in pkg.names() if n not in referenced]
     if pkg.kind == "ova":
         problems.extend(f"member {n!r} is not referenced by the descriptor" for n in extra)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ganeti_ovf import disks
+from ganeti_ovf import disks, qemuimg
 from ganeti_ovf.errors import DiskImageError
 from ganeti_ovf.model import ByteRange
 
@@ -866,3 +866,69 @@ def test_no_json(images: dict[str, Path], fake_qemu) -> None:
     fake_qemu("echo 'image: x'")
     with pytest.raises(DiskImageError, match=r"^d: qemu-img info printed no JSON$"):
         disks.image_info(whole(images["raw"]), "raw", name="d")
+
+
+def test_info_output_is_bounded(images: dict[str, Path], fake_qemu) -> None:
+    fake_qemu(f"head -c {qemuimg.MAX_OUTPUT + 4096} /dev/zero")
+    with pytest.raises(DiskImageError, match=r"^d: qemu-img info printed more than 16777216 "
+                                             r"bytes$"):
+        disks.image_info(whole(images["raw"]), "raw", name="d")
+
+
+def test_convert_runs_under_limits_scaled_by_size(images: dict[str, Path], fake_qemu,
+                                                  tmp_path: Path) -> None:
+    """Every qemu-img call is bounded; convert's CPU grows with the virtual
+    size from a floor (16 MiB/s), its address space is capped too."""
+    fake_qemu('echo "limits cpu=$(ulimit -t) as=$(ulimit -v)" >&2; exit 1')
+    info = disks.ImageInfo(format="raw", virtual_size=64 << 30)
+    with pytest.raises(DiskImageError, match=r"^d: qemu-img convert exited with code 1: "
+                                             r"limits cpu=4396 as=4194304$"):
+        disks.convert_to_raw(whole(images["raw"]), "raw", str(tmp_path / "o"), name="d",
+                             inspected=info)
+    with pytest.raises(DiskImageError, match=r"qemu-img create exited with code 1: "
+                                             r"limits cpu=30 as=1048576$"):
+        disks.create_blank(str(tmp_path / "b"), 1 << 20)
+    with pytest.raises(DiskImageError, match=r"qemu-img convert exited with code 1: "
+                                             r"limits cpu=300 as=4194304$"):
+        disks.convert_from_raw(str(images["raw"]), str(tmp_path / "e"), "qcow2", name="d")
+
+
+def test_blank_beyond_the_bound_refused(tmp_path: Path) -> None:
+    with pytest.raises(DiskImageError, match=r"blank disk 'b' claims a virtual size of "
+                                             r"1125899906842624 bytes"):
+        disks.create_blank(str(tmp_path / "b"), 1 << 50)
+    assert not (tmp_path / "b").exists()
+
+
+def test_stderr_is_bounded_and_quoted(images: dict[str, Path], fake_qemu) -> None:
+    """A flood on stderr is drained in bounded memory; the first ERROR line
+    and the last line are still what the operator sees."""
+    fake_qemu('echo "ERROR first" >&2; head -c 50000000 /dev/zero | tr "\\0" x >&2; '
+              'echo >&2; echo "qemu-img: the end" >&2; exit 1')
+    with pytest.raises(DiskImageError, match=r"^d: qemu-img info exited with code 1: "
+                                             r"the end$"):
+        disks.image_info(whole(images["raw"]), "raw", name="d")
+    with pytest.raises(DiskImageError, match=r"qemu-img check exited with code 1: ERROR first"):
+        disks.check_image(whole(images["qcow2"]), "qcow2", name="d")
+
+
+def test_format_table_is_consistent() -> None:
+    """Each export format declares itself by its own URI, and every driver
+    in the table is one this qemu-img supports."""
+    from ganeti_ovf import diskformats
+    for alias in diskformats.EXPORT_ALIASES:
+        row = diskformats.by_name(alias)
+        assert diskformats.declared_format(row.uris[0]) == row.name
+        assert diskformats.EXPORT_FORMATS[row.name] == row.write_options
+    supported = qemu_img("--help").stdout.split("Supported formats:")[1].split()
+    assert diskformats.ACCEPTED_FORMATS <= set(supported)
+
+
+def test_check_and_map_run_under_limits(images: dict[str, Path], fake_qemu) -> None:
+    fake_qemu('echo "limits cpu=$(ulimit -t) as=$(ulimit -v)" >&2; exit 1')
+    with pytest.raises(DiskImageError, match=r"qemu-img check exited with code 1: "
+                                             r"limits cpu=600 as=1048576$"):
+        disks.check_image(whole(images["qcow2"]), "qcow2", name="d")
+    with pytest.raises(DiskImageError, match=r"qemu-img map exited with code 1: "
+                                             r"limits cpu=600 as=1048576$"):
+        disks.data_bytes(whole(images["qcow2"]), "qcow2", name="d")
