@@ -1,0 +1,365 @@
+"""Does a package's signer chain to a certificate the operator trusts?
+
+A signature that verifies (``integrity.verify_certificate``) proves only
+that the manifest is unchanged since the holder of the key signed it: the
+subject and issuer names in the certificate are whatever its maker wrote
+("VMware, Inc.", issuer "DigiCert ...").  This module decides trust: the
+signer is trusted if its certificate *is* one the operator gave with
+``--trusted-cert`` (same DER, or same subject and public key), or if a chain
+leads from it, through the intermediates the ``.cert`` file carries, to a
+``--trusted-cert`` certificate or a CA of ``--ca-bundle`` (default: the
+system's CA store).
+
+cryptography 38 (Debian 12) has no ``x509.verification``, so the path is
+built here, conservatively: issuer names match subject names *and* each
+signature is verified with the issuer's key (RSA PKCS#1 v1.5, ECDSA,
+Ed25519, Ed448; never MD5 or SHA-1); every certificate on the path is
+within its validity period; every issuer is a CA (basicConstraints CA=true,
+keyCertSign if keyUsage is present, path length respected); unknown
+critical extensions are refused; the path is at most ``MAX_CHAIN``
+certificates.  Nothing is fetched (no AIA, CRL or OCSP).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, ObjectIdentifier
+from cryptography.x509.oid import SignatureAlgorithmOID as Sig
+
+from .errors import UsageError
+from .integrity import parse_certificate_file
+
+__all__ = [
+    "MAX_CHAIN",
+    "SYSTEM_CA_BUNDLES",
+    "TrustStore",
+    "Verdict",
+    "check_signer",
+    "load_store",
+]
+
+#: Where distributions keep the system's CA bundle; the first that exists
+#: is the default of ``--ca-bundle``.
+SYSTEM_CA_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/ca-bundle.pem",  # SUSE
+)
+MAX_CHAIN = 8
+"""Certificates on a path, signer and anchor included."""
+MAX_BUNDLE_SIZE = 16 << 20
+MAX_BUNDLE_CERTS = 4096
+MAX_FILE_CERTS = 16
+"""Certificates a .cert file may carry (signer and intermediates)."""
+_MAX_SIGNATURE_CHECKS = 256
+_MIN_RSA_BITS = 2048
+_PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_PEM_END = b"-----END CERTIFICATE-----"
+_KNOWN_CRITICAL = frozenset({
+    ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
+    ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.CERTIFICATE_POLICIES,
+    ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+})
+_WEAK_HASHES = ("md5", "sha1")
+_RSA_PKCS1 = frozenset({Sig.RSA_WITH_SHA224, Sig.RSA_WITH_SHA256, Sig.RSA_WITH_SHA384,
+                        Sig.RSA_WITH_SHA512, Sig.RSA_WITH_SHA3_224, Sig.RSA_WITH_SHA3_256,
+                        Sig.RSA_WITH_SHA3_384, Sig.RSA_WITH_SHA3_512})
+_ECDSA = frozenset({Sig.ECDSA_WITH_SHA224, Sig.ECDSA_WITH_SHA256, Sig.ECDSA_WITH_SHA384,
+                    Sig.ECDSA_WITH_SHA512, Sig.ECDSA_WITH_SHA3_224, Sig.ECDSA_WITH_SHA3_256,
+                    Sig.ECDSA_WITH_SHA3_384, Sig.ECDSA_WITH_SHA3_512})
+_ANY_EKU = ObjectIdentifier("2.5.29.37.0")
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """A trusted certificate and where the operator said so."""
+
+    cert: x509.Certificate
+    source: str  # "--trusted-cert FILE" or "CA bundle FILE"
+    direct: bool  # from --trusted-cert: trusted as a signer too, CA or not
+
+
+@dataclass(frozen=True, slots=True)
+class TrustStore:
+    """The anchors of one run; ``bundle`` is the CA file used (None: none)."""
+
+    anchors: tuple[Anchor, ...] = ()
+    bundle: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether the signer chains to an anchor.  ``chain`` is the path's
+    subjects, signer first; ``reason`` says why not (None if trusted)."""
+
+    trusted: bool
+    signer: str
+    anchor: str | None = None
+    source: str | None = None
+    chain: tuple[str, ...] = ()
+    reason: str | None = None
+
+    def line(self, cert_name: str) -> str:
+        """The one line an operator reads at import."""
+        if self.trusted:
+            via = "" if len(self.chain) <= 2 else \
+                f" via {', '.join(self.chain[1:-1])}"
+            what = "is the trusted certificate" if len(self.chain) == 1 else \
+                f"chains to the trusted certificate {self.anchor}{via}"
+            return f"{cert_name}: signer {self.signer} {what} ({self.source})"
+        return (f"{cert_name}: signer {self.signer} does not chain to a trusted certificate"
+                f" ({self.reason}; the signature proves only that the manifest is unchanged"
+                " since someone with that key signed it)")
+
+
+def _name(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string() or "(empty subject)"
+
+
+def _read_pem_file(path: str, what: str) -> list[x509.Certificate]:
+    """Every certificate of a PEM file the operator named; UsageError if it
+    cannot be read, is too large, or holds no (or a broken) certificate."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BUNDLE_SIZE + 1)
+    except OSError as e:
+        raise UsageError(f"{what}: cannot read: {e.strerror or e}", path) from e
+    if len(data) > MAX_BUNDLE_SIZE:
+        raise UsageError(f"{what}: larger than {MAX_BUNDLE_SIZE} bytes", path)
+    certs: list[x509.Certificate] = []
+    pos = 0
+    while (start := data.find(_PEM_BEGIN, pos)) >= 0:
+        end = data.find(_PEM_END, start)
+        if end < 0:
+            raise UsageError(f"{what}: certificate {len(certs) + 1} has no END line", path)
+        end += len(_PEM_END)
+        if len(certs) >= MAX_BUNDLE_CERTS:
+            raise UsageError(f"{what}: more than {MAX_BUNDLE_CERTS} certificates", path)
+        try:
+            certs.append(x509.load_pem_x509_certificate(data[start:end]))
+        except ValueError as e:
+            raise UsageError(f"{what}: certificate {len(certs) + 1} is not valid X.509",
+                             path) from e
+        pos = end
+    if not certs:
+        raise UsageError(f"{what}: no PEM certificate in it", path)
+    return certs
+
+
+def default_bundle() -> str | None:
+    """The system's CA bundle, if there is one."""
+    return next((p for p in SYSTEM_CA_BUNDLES if os.path.isfile(p)), None)
+
+
+def load_store(trusted_certs: Sequence[str] = (), ca_bundle: str | None = None, *,
+               system: bool = True) -> TrustStore:
+    """The anchors: each ``--trusted-cert`` file's certificates, then the CA
+    bundle's (``ca_bundle``, or with ``system`` the system's if it exists).
+    A file the operator named that does not load is a UsageError."""
+    anchors = [Anchor(c, f"--trusted-cert {p}", True)
+               for p in trusted_certs for c in _read_pem_file(p, "--trusted-cert")]
+    bundle = ca_bundle if ca_bundle is not None else default_bundle() if system else None
+    if bundle is not None:
+        what = "--ca-bundle" if ca_bundle is not None else "system CA bundle"
+        anchors += [Anchor(c, f"CA bundle {bundle}", False)
+                    for c in _read_pem_file(bundle, what)]
+    return TrustStore(tuple(anchors), bundle)
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _same(a: x509.Certificate, b: x509.Certificate) -> bool:
+    """The same certificate, or the same subject with the same key."""
+    if a.public_bytes(serialization.Encoding.DER) == b.public_bytes(serialization.Encoding.DER):
+        return True
+    try:
+        return a.subject == b.subject and _spki(a) == _spki(b)
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+
+
+def _utc(cert: x509.Certificate, which: str) -> datetime:
+    aware = getattr(cert, which + "_utc", None)  # cryptography >= 42
+    return aware if aware is not None else getattr(cert, which).replace(tzinfo=UTC)
+
+
+def _own_problem(cert: x509.Certificate, now: datetime) -> str | None:
+    """Why ``cert`` cannot be on any path: validity, weak key, unknown
+    critical extension."""
+    not_before, not_after = _utc(cert, "not_valid_before"), _utc(cert, "not_valid_after")
+    if now > not_after:
+        return f"{_name(cert)} expired on {not_after:%Y-%m-%d %H:%M:%S} UTC"
+    if now < not_before:
+        return f"{_name(cert)} is not valid before {not_before:%Y-%m-%d %H:%M:%S} UTC"
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return f"the public key of {_name(cert)} cannot be read"
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
+        return f"the RSA-{key.key_size} key of {_name(cert)} is too weak to trust"
+    try:
+        extensions = cert.extensions
+    except ValueError:
+        return f"{_name(cert)} has malformed extensions"
+    for ext in extensions:
+        if ext.critical and ext.oid not in _KNOWN_CRITICAL:
+            return f"{_name(cert)} has an unsupported critical extension {ext.oid.dotted_string}"
+    return None
+
+
+def _ext(cert: x509.Certificate, cls):
+    try:
+        return cert.extensions.get_extension_for_class(cls).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _issuer_problem(issuer: x509.Certificate, below: int) -> str | None:
+    """Why ``issuer`` may not sign certificates (``below`` CA certificates
+    under it on the path, for its pathLenConstraint)."""
+    bc = _ext(issuer, x509.BasicConstraints)
+    if bc is None or not bc.ca:
+        return f"{_name(issuer)} is not a CA certificate (basicConstraints CA=true)"
+    if bc.path_length is not None and below > bc.path_length:
+        return f"{_name(issuer)} allows {bc.path_length} CA certificate(s) below it"
+    ku = _ext(issuer, x509.KeyUsage)
+    if ku is not None and not ku.key_cert_sign:
+        return f"{_name(issuer)} may not sign certificates (keyUsage)"
+    return None
+
+
+def _signer_problem(signer: x509.Certificate) -> str | None:
+    """Why a CA-issued ``signer`` may not sign packages: keyUsage without
+    digitalSignature, or an extendedKeyUsage without code signing (a TLS
+    server certificate proves a domain name, not a publisher)."""
+    ku = _ext(signer, x509.KeyUsage)
+    if ku is not None and not (ku.digital_signature or ku.content_commitment):
+        return f"{_name(signer)} may not sign (keyUsage without digitalSignature)"
+    eku = _ext(signer, x509.ExtendedKeyUsage)
+    if eku is not None and ExtendedKeyUsageOID.CODE_SIGNING not in eku and \
+            _ANY_EKU not in eku:
+        return f"{_name(signer)} is not for code signing (extendedKeyUsage)"
+    return None
+
+
+def _signature_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
+    """None if ``issuer``'s key made ``cert``'s signature, else why not."""
+    what = f"the signature of {_name(cert)} by {_name(issuer)}"
+    try:
+        key = issuer.public_key()
+        digest = cert.signature_hash_algorithm
+    except (ValueError, UnsupportedAlgorithm):
+        oid = cert.signature_algorithm_oid.dotted_string
+        return f"{what} uses an unsupported algorithm ({oid})"
+    if digest is not None and digest.name in _WEAK_HASHES:
+        return f"{what} uses {digest.name.upper()}, which is too weak to trust"
+    oid = cert.signature_algorithm_oid
+    tbs, sig = cert.tbs_certificate_bytes, cert.signature
+    try:
+        if isinstance(key, rsa.RSAPublicKey) and oid in _RSA_PKCS1 and digest is not None:
+            key.verify(sig, tbs, padding.PKCS1v15(), digest)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and oid in _ECDSA and digest is not None:
+            key.verify(sig, tbs, ec.ECDSA(digest))
+        elif isinstance(key, ed25519.Ed25519PublicKey) and oid == Sig.ED25519:
+            key.verify(sig, tbs)
+        elif isinstance(key, ed448.Ed448PublicKey) and oid == Sig.ED448:
+            key.verify(sig, tbs)
+        else:
+            return (f"{what} cannot be checked (algorithm {oid.dotted_string} with a"
+                    f" {type(key).__name__.lstrip('_')})")
+    except (InvalidSignature, ValueError):
+        return f"{what} does not verify"
+    return None
+
+
+def check_signer(cert_data: bytes, store: TrustStore, *, now: datetime | None = None,
+                 path: str | None = None) -> Verdict:
+    """Whether the signer of a .cert file (``cert_data``, already verified
+    against its manifest) chains to an anchor of ``store``."""
+    cert_file = parse_certificate_file(cert_data, path=path)
+    signer, carried = cert_file.certificates[0], cert_file.certificates[1:]
+    subject = _name(signer)
+    if now is None:
+        now = datetime.now(UTC)
+    if len(cert_file.certificates) > MAX_FILE_CERTS:
+        return Verdict(False, subject, reason=f"the certificate file carries "
+                       f"{len(cert_file.certificates)} certificates, more than {MAX_FILE_CERTS}")
+    problem = _own_problem(signer, now)
+    if problem is not None:
+        return Verdict(False, subject, reason=problem)
+    for a in store.anchors:
+        if a.direct and _same(signer, a.cert):
+            return Verdict(True, subject, _name(a.cert), a.source, (subject,))
+    if not store.anchors:
+        return Verdict(False, subject, reason="no trusted certificates are configured "
+                       "(--trusted-cert, --ca-bundle)")
+    problem = _signer_problem(signer)
+    if problem is not None:
+        return Verdict(False, subject, reason=problem)
+    search = _Search(store, carried, now)
+    found = search.walk(signer, (signer,))
+    if found is not None:
+        anchor, chain = found
+        return Verdict(True, subject, _name(anchor.cert), anchor.source,
+                       tuple(_name(c) for c in chain))
+    return Verdict(False, subject, reason=search.why or
+                   f"no trusted certificate issued it (issuer {signer.issuer.rfc4514_string()})")
+
+
+class _Search:
+    """Depth-first path building, bounded in depth and signature checks."""
+
+    def __init__(self, store: TrustStore, carried: Sequence[x509.Certificate],
+                 now: datetime) -> None:
+        self.store, self.carried, self.now = store, carried, now
+        self.checks = 0
+        self.why: str | None = None  # the first problem met on a name match
+
+    def _fail(self, why: str) -> None:
+        if self.why is None:
+            self.why = why
+
+    def _links(self, cert: x509.Certificate, issuer: x509.Certificate, cas_below: int) -> bool:
+        """Whether ``issuer`` can be the next certificate above ``cert``."""
+        self.checks += 1
+        if self.checks > _MAX_SIGNATURE_CHECKS:
+            self._fail("too many candidate issuers to check")
+            return False
+        problem = (_own_problem(issuer, self.now) or _issuer_problem(issuer, cas_below)
+                   or _signature_problem(cert, issuer))
+        if problem is not None:
+            self._fail(problem)
+            return False
+        return True
+
+    def walk(self, cert: x509.Certificate, chain: tuple[x509.Certificate, ...]
+             ) -> tuple[Anchor, tuple[x509.Certificate, ...]] | None:
+        cas_below = len(chain) - 1  # CA certificates between the signer and the next issuer
+        for a in self.store.anchors:
+            if a.cert.subject == cert.issuer and self._links(cert, a.cert, cas_below):
+                return a, chain + (a.cert,)
+        if len(chain) + 2 > MAX_CHAIN:  # an intermediate and an anchor must still fit
+            if any(c.subject == cert.issuer for c in self.carried):
+                self._fail(f"the chain is longer than {MAX_CHAIN} certificates")
+            return None
+        for c in self.carried:
+            if c.subject != cert.issuer or any(_same(c, x) for x in chain):
+                continue
+            if self._links(cert, c, cas_below):
+                found = self.walk(c, chain + (c,))
+                if found is not None:
+                    return found
+            if self.checks > _MAX_SIGNATURE_CHECKS:
+                return None
+        return None
