@@ -313,8 +313,12 @@ def check_signer(cert_data: bytes, store: TrustStore, *, now: datetime | None = 
         anchor, chain = found
         return Verdict(True, subject, _name(anchor.cert), anchor.source,
                        tuple(_name(c) for c in chain))
-    return Verdict(False, subject, reason=search.why or
-                   f"no trusted certificate issued it (issuer {signer.issuer.rfc4514_string()})")
+    if search.why is not None:
+        return Verdict(False, subject, reason=search.why)
+    top = search.top
+    whom = "it" if top is signer else _name(top)
+    return Verdict(False, subject, reason=f"no trusted certificate issued {whom} "
+                   f"(issuer {top.issuer.rfc4514_string()})")
 
 
 class _Search:
@@ -325,6 +329,8 @@ class _Search:
         self.store, self.carried, self.now = store, carried, now
         self.checks = 0
         self.why: str | None = None  # the first problem met on a name match
+        self.top: x509.Certificate | None = None  # the end of the longest path built
+        self._longest = 0
 
     def _fail(self, why: str) -> None:
         if self.why is None:
@@ -346,6 +352,8 @@ class _Search:
     def walk(self, cert: x509.Certificate, chain: tuple[x509.Certificate, ...]
              ) -> tuple[Anchor, tuple[x509.Certificate, ...]] | None:
         cas_below = len(chain) - 1  # CA certificates between the signer and the next issuer
+        if len(chain) > self._longest:
+            self._longest, self.top = len(chain), cert
         for a in self.store.anchors:
             if a.cert.subject == cert.issuer and self._links(cert, a.cert, cas_below):
                 return a, chain + (a.cert,)

@@ -185,7 +185,13 @@ def test_intermediate_trusted_directly(pki, tmp_path):
 
 def test_missing_intermediate_is_not_fetched(pki, tmp_path):
     v = verdict(cert_file(pki["leaf_key"], pki["leaf"]), store_of(tmp_path, pki["root"]))
-    assert not v.trusted and "no trusted certificate issued it" in v.reason
+    assert not v.trusted
+    assert v.reason == "no trusted certificate issued it (issuer CN=Test Intermediate CA,O=Test)"
+    unknown_root = rsa_key()
+    other = make(unknown_root, name("Other Root"), ca=True)
+    v = verdict(cert_file(pki["leaf_key"], pki["leaf"], pki["inter"]), store_of(tmp_path, other))
+    assert v.reason == ("no trusted certificate issued CN=Test Intermediate CA,O=Test "
+                        "(issuer CN=Test Root CA,O=Test)")
 
 
 def test_signer_trusted_directly_same_der_or_same_key_and_subject(tmp_path):
