@@ -210,6 +210,8 @@ def test_signer_trusted_directly_same_der_or_same_key_and_subject(tmp_path):
     other_key = rsa_key()
     same_name = make(other_key, name("VMware, Inc."))
     assert not verdict(cert_file(other_key, same_name), store_of(tmp_path, own)).trusted
+    same_key = make(key, name("Someone Else"))  # the pinned key, another name: not that cert
+    assert not verdict(cert_file(key, same_key), store_of(tmp_path, own)).trusted
 
 
 def test_directly_trusted_only_from_trusted_cert_not_from_the_bundle(tmp_path):
