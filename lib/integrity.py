@@ -398,6 +398,13 @@ def parse_certificate_file(data: bytes, *, path: PathLike | None = None) -> Cert
     rest = rest.strip(_BLANK)
     if rest:
         raise IntegrityError(f"unexpected text after the certificate: {_excerpt(rest)}", path)
+    for number, cert in enumerate(certs, start=1):
+        try:  # parsed lazily by cryptography: a bad name would surface later
+            cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
+        except ValueError as e:
+            raise IntegrityError(f"certificate {number} has a malformed subject or issuer name",
+                                 path) from e
     algorithm, name, signature = signature_line
     return CertFile(algorithm, name, signature, tuple(certs))
 

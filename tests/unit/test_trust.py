@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ganeti_ovf import trust
-from ganeti_ovf.errors import UsageError
-from ganeti_ovf.integrity import sign_manifest
+from ganeti_ovf.errors import IntegrityError, UsageError
+from ganeti_ovf.integrity import sign_manifest, verify_certificate
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 MANIFEST = b"SHA256(pkg.ovf)= " + b"0" * 64 + b"\n"
@@ -376,6 +376,29 @@ def test_many_carried_certificates_are_refused_fast(tmp_path):
     v = verdict(cert_file(key, leaf, *same[:-1]), store_of(tmp_path, root))
     assert not v.trusted
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("where", ["signer", "intermediate"])
+def test_malformed_name_is_one_integrity_error(pki, where):
+    """cryptography parses names lazily: a subject that is no valid UTF-8
+    must be refused as the file's problem, not crash the chain search."""
+    key = pki["leaf_key"]
+    subject = name("MALFORMED-NAME") if where == "signer" else pki["leaf"].subject
+    leaf = make(key, subject, issuer=pki["inter"].subject, issuer_key=pki["int_key"])
+    inter = pki["inter"] if where == "signer" else make(
+        pki["int_key"], name("MALFORMED-NAME"), issuer=pki["root"].subject,
+        issuer_key=pki["root_key"], ca=True)
+    data = cert_file(key, leaf, inter)
+    assert data.count(b"MALFORMED-NAME") == 0  # PEM: patch the DER instead
+    head, _, _ = data.partition(b"-----BEGIN")
+    bad = [x509.load_der_x509_certificate(c.public_bytes(serialization.Encoding.DER).replace(
+        b"MALFORMED-NAME", b"\xff\xfe" * 7)) for c in (leaf, inter)]
+    broken = head + pem(*bad)
+    with pytest.raises(IntegrityError, match=r"^pkg.cert: certificate \d has a malformed "
+                       r"subject or issuer name$"):
+        verify_certificate(broken, "pkg.mf", MANIFEST, path="pkg.cert")
+    with pytest.raises(IntegrityError, match="malformed subject or issuer name"):
+        trust.check_signer(broken, trust.TrustStore(), path="pkg.cert")
 
 
 # --------------------------------------------------------------- the operator's files
