@@ -402,7 +402,7 @@ def parse_certificate_file(data: bytes, *, path: PathLike | None = None) -> Cert
         try:  # parsed lazily by cryptography: a bad name would surface later
             cert.subject.rfc4514_string()
             cert.issuer.rfc4514_string()
-        except ValueError as e:
+        except (ValueError, KeyError, TypeError) as e:  # cryptography 38 raises all three
             raise IntegrityError(f"certificate {number} has a malformed subject or issuer name",
                                  path) from e
     algorithm, name, signature = signature_line

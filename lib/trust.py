@@ -69,6 +69,8 @@ _KNOWN_CRITICAL = frozenset({
     ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
 })
 _WEAK_HASHES = ("md5", "sha1")
+# What cryptography 38 raises for a damaged certificate field it parses lazily.
+_LAZY_PARSE_ERRORS = (ValueError, KeyError, TypeError, UnsupportedAlgorithm)
 _RSA_PKCS1 = frozenset({Sig.RSA_WITH_SHA224, Sig.RSA_WITH_SHA256, Sig.RSA_WITH_SHA384,
                         Sig.RSA_WITH_SHA512, Sig.RSA_WITH_SHA3_224, Sig.RSA_WITH_SHA3_256,
                         Sig.RSA_WITH_SHA3_384, Sig.RSA_WITH_SHA3_512})
@@ -124,9 +126,11 @@ def _name(cert: x509.Certificate) -> str:
     return cert.subject.rfc4514_string() or "(empty subject)"
 
 
-def _read_pem_file(path: str, what: str) -> list[x509.Certificate]:
+def _read_pem_file(path: str, what: str, *, strict: bool = True) -> list[x509.Certificate]:
     """Every certificate of a PEM file the operator named; UsageError if it
-    cannot be read, is too large, or holds no (or a broken) certificate."""
+    cannot be read, is too large, or holds no (or a broken) certificate.
+    Not ``strict`` (the system's bundle), a certificate that cryptography
+    cannot parse is left out instead."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_BUNDLE_SIZE + 1)
@@ -144,10 +148,15 @@ def _read_pem_file(path: str, what: str) -> list[x509.Certificate]:
         if len(certs) >= MAX_BUNDLE_CERTS:
             raise UsageError(f"{what}: more than {MAX_BUNDLE_CERTS} certificates", path)
         try:
-            certs.append(x509.load_pem_x509_certificate(data[start:end]))
-        except ValueError as e:
-            raise UsageError(f"{what}: certificate {len(certs) + 1} is not valid X.509",
-                             path) from e
+            cert = x509.load_pem_x509_certificate(data[start:end])
+            cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
+            cert.extensions  # noqa: B018 - parsed lazily: fail here, not mid-search
+            certs.append(cert)
+        except _LAZY_PARSE_ERRORS as e:
+            if strict:
+                raise UsageError(f"{what}: certificate {len(certs) + 1} is not valid X.509",
+                                 path) from e
         pos = end
     if not certs:
         raise UsageError(f"{what}: no PEM certificate in it", path)
@@ -170,7 +179,7 @@ def load_store(trusted_certs: Sequence[str] = (), ca_bundle: str | None = None, 
     if bundle is not None:
         what = "--ca-bundle" if ca_bundle is not None else "system CA bundle"
         anchors += [Anchor(c, f"CA bundle {bundle}", False)
-                    for c in _read_pem_file(bundle, what)]
+                    for c in _read_pem_file(bundle, what, strict=ca_bundle is not None)]
     return TrustStore(tuple(anchors), bundle)
 
 
@@ -286,15 +295,22 @@ def _signature_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str 
 def check_signer(cert_data: bytes, store: TrustStore, *, now: datetime | None = None,
                  path: str | None = None) -> Verdict:
     """Whether the signer of a .cert file (``cert_data``, already verified
-    against its manifest) chains to an anchor of ``store``."""
+    against its manifest) chains to an anchor of ``store``.  A certificate
+    that cannot be parsed breaks the chain (cryptography parses lazily)."""
     cert_file = parse_certificate_file(cert_data, path=path)
-    signer, carried = cert_file.certificates[0], cert_file.certificates[1:]
+    subject = _name(cert_file.certificates[0])
+    try:
+        return _check(cert_file.certificates, store, now or datetime.now(UTC))
+    except _LAZY_PARSE_ERRORS:
+        return Verdict(False, subject, reason="a certificate of the chain cannot be parsed")
+
+
+def _check(certs: Sequence[x509.Certificate], store: TrustStore, now: datetime) -> Verdict:
+    signer, carried = certs[0], certs[1:]
     subject = _name(signer)
-    if now is None:
-        now = datetime.now(UTC)
-    if len(cert_file.certificates) > MAX_FILE_CERTS:
-        return Verdict(False, subject, reason=f"the certificate file carries "
-                       f"{len(cert_file.certificates)} certificates, more than {MAX_FILE_CERTS}")
+    if len(certs) > MAX_FILE_CERTS:
+        return Verdict(False, subject, reason=f"the certificate file carries {len(certs)} "
+                       f"certificates, more than {MAX_FILE_CERTS}")
     problem = _own_problem(signer, now)
     if problem is not None:
         return Verdict(False, subject, reason=problem)

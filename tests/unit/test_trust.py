@@ -5,6 +5,7 @@ the system's CA store as its issuer, but signed by a throwaway key)."""
 
 from __future__ import annotations
 
+import base64
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ganeti_ovf import trust
 from ganeti_ovf.errors import IntegrityError, UsageError
@@ -378,10 +381,12 @@ def test_many_carried_certificates_are_refused_fast(tmp_path):
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.parametrize("damage", ["utf8", "tag"])
 @pytest.mark.parametrize("where", ["signer", "intermediate"])
-def test_malformed_name_is_one_integrity_error(pki, where):
+def test_malformed_name_is_one_integrity_error(pki, where, damage):
     """cryptography parses names lazily: a subject that is no valid UTF-8
-    must be refused as the file's problem, not crash the chain search."""
+    (ValueError) or whose string has an unknown ASN.1 tag (KeyError, in
+    cryptography 38) must be refused as the file's problem, not crash."""
     key = pki["leaf_key"]
     subject = name("MALFORMED-NAME") if where == "signer" else pki["leaf"].subject
     leaf = make(key, subject, issuer=pki["inter"].subject, issuer_key=pki["int_key"])
@@ -391,8 +396,15 @@ def test_malformed_name_is_one_integrity_error(pki, where):
     data = cert_file(key, leaf, inter)
     assert data.count(b"MALFORMED-NAME") == 0  # PEM: patch the DER instead
     head, _, _ = data.partition(b"-----BEGIN")
-    bad = [x509.load_der_x509_certificate(c.public_bytes(serialization.Encoding.DER).replace(
-        b"MALFORMED-NAME", b"\xff\xfe" * 7)) for c in (leaf, inter)]
+    def spoil(der: bytes) -> bytes:
+        if damage == "utf8":
+            return der.replace(b"MALFORMED-NAME", b"\xff\xfe" * 7)
+        # CN = UTF8String (tag 12) "MALFORMED-NAME" -> tag 13
+        return der.replace(b"\x55\x04\x03\x0c\x0eMALFORMED-NAME",
+                           b"\x55\x04\x03\x0d\x0eMALFORMED-NAME")
+    bad = [x509.load_der_x509_certificate(spoil(c.public_bytes(serialization.Encoding.DER)))
+           for c in (leaf, inter)]
+    assert bad[0 if where == "signer" else 1] != (leaf, inter)[0 if where == "signer" else 1]
     broken = head + pem(*bad)
     with pytest.raises(IntegrityError, match=r"^pkg.cert: certificate \d has a malformed "
                        r"subject or issuer name$"):
@@ -446,3 +458,49 @@ def test_system_default_and_explicit_bundle(tmp_path):
     f.write_bytes(pem(make(key, name("only"), ca=True)))
     s = trust.load_store((), str(f))
     assert s.bundle == str(f) and len(s.anchors) == 1  # replaces the system's
+
+
+# --------------------------------------------------------------- fuzzing
+
+@given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1,
+                      max_size=4),
+       which=st.sampled_from(["signer", "intermediate"]))
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_damaged_certificates_give_a_verdict_or_one_integrity_error(pki, flips, which):
+    """Random byte changes in the DER of the signer's or the intermediate's
+    certificate: a verdict or an IntegrityError, never anything else."""
+    certs = [pki["leaf"], pki["inter"]]
+    index = 0 if which == "signer" else 1
+    der = bytearray(certs[index].public_bytes(serialization.Encoding.DER))
+    for pos, xor in flips:
+        der[pos % len(der)] ^= xor
+    head = cert_file(pki["leaf_key"], pki["leaf"]).partition(b"-----BEGIN")[0]
+    pems = []
+    for i, c in enumerate(certs):
+        raw = bytes(der) if i == index else c.public_bytes(serialization.Encoding.DER)
+        b64 = base64.encodebytes(raw).replace(b"\n", b"")
+        body = b"\n".join(b64[j:j + 64] for j in range(0, len(b64), 64))
+        pems.append(b"-----BEGIN CERTIFICATE-----\n" + body + b"\n-----END CERTIFICATE-----\n")
+    data = head + b"".join(pems)
+    store = trust.TrustStore((trust.Anchor(pki["root"], "test", True),))
+    try:
+        verify_certificate(data, "pkg.mf", MANIFEST, path="pkg.cert")
+        v = trust.check_signer(data, store, path="pkg.cert")
+    except IntegrityError:
+        return
+    assert isinstance(v, trust.Verdict)
+
+
+def test_system_bundle_skips_what_cannot_be_parsed(tmp_path, monkeypatch, pki):
+    """One damaged entry of the system's store must not stop every import;
+    in a file the operator names it is a usage error."""
+    good = pki["root"].public_bytes(serialization.Encoding.DER)
+    damaged = x509.load_der_x509_certificate(
+        good.replace(b"Test Root CA", b"\xff\xfe" * 6, 1))
+    f = tmp_path / "system.pem"
+    f.write_bytes(pem(damaged, pki["root"]))
+    monkeypatch.setattr(trust, "SYSTEM_CA_BUNDLES", (str(f),))
+    assert [a.cert for a in trust.load_store().anchors] == [pki["root"]]
+    with pytest.raises(UsageError, match="--ca-bundle: certificate 1 is not valid X.509"):
+        trust.load_store((), str(f))
