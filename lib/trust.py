@@ -40,9 +40,11 @@ from .integrity import parse_certificate_file
 __all__ = [
     "MAX_CHAIN",
     "SYSTEM_CA_BUNDLES",
+    "Anchor",
     "TrustStore",
     "Verdict",
     "check_signer",
+    "default_bundle",
     "load_store",
 ]
 
