@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import disks as diskmod
-from . import integrity, oslist, sparse, trust
+from . import integrity, oslist, signer, sparse, trust
 from .descriptor.reader import parse_descriptor
 from .errors import (
     DescriptorError,
@@ -202,8 +202,14 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
         for m in members:
             if manifest.lookup(m.name) is None:
                 problem(f"manifest does not list {m.name!r}: its content is not protected")
-    cert, verdict = _check_signature(pkg, mf.name, mf_bytes, store, require_signature,
-                                     problem)
+    cert = verdict = None
+    if cm is not None:
+        cert, verdict = signer.check_signature(
+            _small_member(pkg, cm, "certificate"), mf.name, mf_bytes, store, problem,
+            require_signature=require_signature, path=pkg.path)
+    elif require_signature:
+        problem(f"the package is not signed (no certificate {_stem(pkg) + '.cert'!r}) "
+                "and --require-signature is given")
     return PackageCheck(
         manifest=mf.name,
         algorithms=tuple(sorted({e.algorithm for e in manifest.entries})),
@@ -213,46 +219,8 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
     )
 
 
-def _check_signature(pkg: Package, mf_name: str, mf_bytes: bytes,
-                     store: trust.TrustStore | None, require_signature: bool,
-                     problem: Callable[[str], None]
-                     ) -> tuple[integrity.CertInfo | None, trust.Verdict | None]:
-    """The certificate's signature over the manifest, then whether its
-    signer chains to a trusted certificate."""
-    cm = pkg.sibling(".cert")
-    if cm is None:
-        if require_signature:
-            problem(f"the package is not signed (no certificate {_stem(pkg) + '.cert'!r}) "
-                    "and --require-signature is given")
-        return None, None
-    data = _small_member(pkg, cm, "certificate")
-    try:
-        cert = integrity.verify_certificate(data, mf_name, mf_bytes, path=pkg.path)
-    except IntegrityError as e:
-        problem(e.problem)
-        return None, None
-    verdict = trust.check_signer(data, store if store is not None else trust.load_store(),
-                                 path=pkg.path)
-    if require_signature and not verdict.trusted:
-        problem(f"signer {verdict.signer} does not chain to a trusted certificate "
-                f"({verdict.reason}) and --require-signature is given")
-    return cert, verdict
-
-
 def _stem(pkg: Package) -> str:
     return pkg.descriptor_name.rsplit(".", 1)[0]
-
-
-def describe_certificate(cert: integrity.CertInfo,
-                         verdict: trust.Verdict | None = None) -> tuple[str, bool]:
-    """One line about the signer, and whether it deserves a warning (a
-    self-signed signer given with --trusted-cert does not)."""
-    self_signed = cert.self_signed and not (verdict is not None and verdict.trusted)
-    flags = [f for f, on in (("self-signed", self_signed), ("EXPIRED", cert.expired),
-                             ("not yet valid", cert.not_yet_valid)) if on]
-    line = (f"signed by {cert.subject} (issuer {cert.issuer}; SHA256 fingerprint "
-            f"{cert.fingerprint_sha256}" + (f"; {', '.join(flags)}" if flags else "") + ")")
-    return line, bool(flags)
 
 
 def load_envelope(pkg: Package, *, configuration: str | None = None) -> Envelope:
@@ -675,7 +643,8 @@ def import_package(package: str, output_dir: str, req: ImportRequest = ImportReq
             deferred = check.deferred
             for w in check.warnings:
                 log.warning("%s: %s", package, w)
-            trusted_line = _report_signer(package, check)
+            trusted_line = signer.report_signer(package, check.certificate, check.trust,
+                                                check.certificate_name)
         digests = _Digests(pkg, deferred)
         try:
             try:
@@ -686,24 +655,6 @@ def import_package(package: str, output_dir: str, req: ImportRequest = ImportReq
                 raise
         finally:
             digests.close()
-
-
-def _report_signer(package: str, check: PackageCheck) -> str | None:
-    """Log the signer and whether it chains to a trusted certificate (a
-    warning if not, whatever -v says); the line naming the anchor if it
-    does, for the front end to show."""
-    if check.certificate is None:
-        return None
-    line, alarming = describe_certificate(check.certificate, check.trust)
-    (log.warning if alarming else log.info)("%s: %s", package, line)
-    if check.trust is None:
-        return None
-    said = check.trust.line(check.certificate_name or "certificate")
-    if not check.trust.trusted:
-        log.warning("%s: %s", package, said)
-        return None
-    log.info("%s: %s", package, said)
-    return said
 
 
 def _convert(pkg: Package, env: Envelope, package: str, output_dir: str, req: ImportRequest,
