@@ -12,8 +12,8 @@ system's CA store).
 
 cryptography 38 (Debian 12) has no ``x509.verification``, so the path is
 built here, conservatively: issuer names match subject names *and* each
-signature is verified with the issuer's key (RSA PKCS#1 v1.5, ECDSA,
-Ed25519, Ed448; never MD5 or SHA-1); every certificate on the path is
+signature is verified with the issuer's key (RSA PKCS#1 v1.5, RSASSA-PSS
+with SHA-2 and MGF1, ECDSA, Ed25519, Ed448; never MD5 or SHA-1); every certificate on the path is
 within its validity period; every issuer is a CA (basicConstraints CA=true,
 keyCertSign if keyUsage is present, path length respected); unknown
 critical extensions are refused; the path is at most ``MAX_CHAIN``
@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, ObjectIdentifier
 from cryptography.x509.oid import SignatureAlgorithmOID as Sig
@@ -80,6 +80,12 @@ _ECDSA = frozenset({Sig.ECDSA_WITH_SHA224, Sig.ECDSA_WITH_SHA256, Sig.ECDSA_WITH
                     Sig.ECDSA_WITH_SHA512, Sig.ECDSA_WITH_SHA3_224, Sig.ECDSA_WITH_SHA3_256,
                     Sig.ECDSA_WITH_SHA3_384, Sig.ECDSA_WITH_SHA3_512})
 _ANY_EKU = ObjectIdentifier("2.5.29.37.0")
+# RSASSA-PSS parameters (RFC 4055), by the DER content of their OIDs.
+_PSS_HASHES = {b"\x60\x86\x48\x01\x65\x03\x04\x02\x01": hashes.SHA256,
+               b"\x60\x86\x48\x01\x65\x03\x04\x02\x02": hashes.SHA384,
+               b"\x60\x86\x48\x01\x65\x03\x04\x02\x03": hashes.SHA512}
+_SHA1_OID = b"\x2b\x0e\x03\x02\x1a"
+_MGF1_OID = b"\x2a\x86\x48\x86\xf7\x0d\x01\x01\x08"
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,9 +270,57 @@ def _signer_problem(signer: x509.Certificate) -> str | None:
     return None
 
 
+def _der_items(data: bytes) -> list[tuple[int, bytes]]:
+    """(tag, content) of each DER element in ``data``; ValueError if it is
+    not exactly a sequence of well-formed elements."""
+    items, pos = [], 0
+    while pos < len(data):
+        if pos + 2 > len(data):
+            raise ValueError("truncated")
+        tag, length = data[pos], data[pos + 1]
+        pos += 2
+        if length & 0x80:
+            n = length & 0x7F
+            if not 1 <= n <= 4 or pos + n > len(data):
+                raise ValueError("bad length")
+            length = int.from_bytes(data[pos:pos + n], "big")
+            pos += n
+        if pos + length > len(data):
+            raise ValueError("truncated")
+        items.append((tag, data[pos:pos + length]))
+        pos += length
+    return items
+
+
+def _pss(cert: x509.Certificate) -> tuple[hashes.HashAlgorithm, padding.PSS]:
+    """The digest and padding of an RSASSA-PSS certificate signature, from
+    its parameters (cryptography 38 does not read them).  ValueError for
+    anything but SHA-256/384/512 with MGF1 of the same digest."""
+    (_, outer), = _der_items(cert.public_bytes(serialization.Encoding.DER))
+    algorithm = _der_items(outer)[1]
+    if algorithm[0] != 0x30:
+        raise ValueError("no AlgorithmIdentifier")
+    oid_and_params = _der_items(algorithm[1])
+    if len(oid_and_params) != 2:
+        raise ValueError("no PSS parameters")
+    fields = dict(_der_items(oid_and_params[1][1]))
+    if 0xA0 not in fields or 0xA1 not in fields:
+        raise ValueError("SHA-1 defaults")
+    hash_oid = _der_items(_der_items(fields[0xA0])[0][1])[0][1]
+    mgf = _der_items(_der_items(fields[0xA1])[0][1])
+    mgf_hash_oid = _der_items(mgf[1][1])[0][1]
+    if mgf[0][1] != _MGF1_OID or hash_oid not in _PSS_HASHES or mgf_hash_oid != hash_oid:
+        raise ValueError("unsupported PSS parameters")
+    salt = int.from_bytes(_der_items(fields[0xA2])[0][1], "big") if 0xA2 in fields else 20
+    digest = _PSS_HASHES[hash_oid]()
+    return digest, padding.PSS(mgf=padding.MGF1(_PSS_HASHES[hash_oid]()), salt_length=salt)
+
+
 def _signature_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
     """None if ``issuer``'s key made ``cert``'s signature, else why not."""
     what = f"the signature of {_name(cert)} by {_name(issuer)}"
+    if cert.signature_algorithm_oid == Sig.RSASSA_PSS:
+        return _pss_problem(cert, issuer, what)
     try:
         key = issuer.public_key()
         digest = cert.signature_hash_algorithm
@@ -289,6 +343,21 @@ def _signature_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str 
         else:
             return (f"{what} cannot be checked (algorithm {oid.dotted_string} with a"
                     f" {type(key).__name__.lstrip('_')})")
+    except (InvalidSignature, ValueError):
+        return f"{what} does not verify"
+    return None
+
+
+def _pss_problem(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> str | None:
+    key = issuer.public_key()
+    try:
+        digest, pss = _pss(cert)
+    except (ValueError, IndexError, KeyError):
+        return f"{what} uses RSASSA-PSS parameters that cannot be checked (SHA-256/384/512 only)"
+    if not isinstance(key, rsa.RSAPublicKey):
+        return f"{what} is RSASSA-PSS, but the issuer's key is no RSA key"
+    try:
+        key.verify(cert.signature, cert.tbs_certificate_bytes, pss, digest)
     except (InvalidSignature, ValueError):
         return f"{what} does not verify"
     return None

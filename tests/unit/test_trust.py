@@ -6,6 +6,8 @@ the system's CA store as its issuer, but signed by a throwaway key)."""
 from __future__ import annotations
 
 import base64
+import shutil
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -504,3 +506,41 @@ def test_system_bundle_skips_what_cannot_be_parsed(tmp_path, monkeypatch, pki):
     assert [a.cert for a in trust.load_store().anchors] == [pki["root"]]
     with pytest.raises(UsageError, match="--ca-bundle: certificate 1 is not valid X.509"):
         trust.load_store((), str(f))
+
+
+# --------------------------------------------------------------- RSASSA-PSS
+
+def _openssl(*args: str, cwd: Path) -> None:
+    r = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+@pytest.mark.parametrize("digest,ok", [("sha256", True), ("sha512", True), ("sha1", False)])
+def test_rsassa_pss_chain_made_by_openssl(tmp_path, digest, ok):
+    """cryptography 38 cannot build or read PSS certificate signatures, so
+    openssl makes them; the parameters are read from the DER here."""
+    pss = ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"]
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+             "ca.pem", "-subj", "/CN=PSS Root", "-days", "5", *pss,
+             "-addext", "basicConstraints=critical,CA:TRUE", cwd=tmp_path)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr",
+             "-subj", "/CN=PSS Leaf", cwd=tmp_path)
+    _openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "leaf.pem", "-days", "5", f"-{digest}", *pss,
+             cwd=tmp_path)
+    leaf = x509.load_pem_x509_certificate((tmp_path / "leaf.pem").read_bytes())
+    assert leaf.signature_algorithm_oid == x509.oid.SignatureAlgorithmOID.RSASSA_PSS
+    key = serialization.load_pem_private_key((tmp_path / "leaf.key").read_bytes(), None)
+    store = trust.load_store([str(tmp_path / "ca.pem")], system=False)
+    v = verdict(cert_file(key, leaf), store)
+    if ok:
+        assert v.trusted, v.reason
+        impostor_key = rsa_key()
+        impostor = make(impostor_key, name("PSS Root"), ca=True)
+        v = verdict(cert_file(key, leaf), store_of(tmp_path, impostor))
+        assert not v.trusted and v.reason.endswith("does not verify")
+    else:
+        assert not v.trusted
+        assert "RSASSA-PSS parameters that cannot be checked" in v.reason
