@@ -426,8 +426,8 @@ class _Search:
     def _links(self, cert: x509.Certificate, issuer: x509.Certificate, cas_below: int) -> bool:
         """Whether ``issuer`` can be the next certificate above ``cert``."""
         self.checks += 1
-        if self.checks > _MAX_SIGNATURE_CHECKS:
-            self._fail("too many candidate issuers to check")
+        if self.checks > _MAX_SIGNATURE_CHECKS:  # the search is cut short: say that
+            self.why = "too many candidate issuers to check"
             return False
         problem = (_own_problem(issuer, self.now) or _issuer_problem(issuer, cas_below)
                    or _signature_problem(cert, issuer))

@@ -544,3 +544,19 @@ def test_rsassa_pss_chain_made_by_openssl(tmp_path, digest, ok):
     else:
         assert not v.trusted
         assert "RSASSA-PSS parameters that cannot be checked" in v.reason
+
+
+def test_signature_checks_are_bounded(tmp_path):
+    """Seven pairs of same-named CA certificates, each pair's key signing the
+    next: 2^6 paths of valid links, each trying every candidate.  The
+    search gives up after a fixed number of signature checks."""
+    keys = [rsa_key() for _ in range(8)]
+    x = name("X")
+    carried = [make(keys[i], x, issuer=x, issuer_key=keys[i + 1], ca=True)
+               for i in range(7) for _ in range(2)]
+    leaf = make(keys[0], name("Leaf"), issuer=x, issuer_key=keys[0])
+    other = make(rsa_key(), name("Root"), ca=True)
+    start = time.monotonic()
+    v = verdict(cert_file(keys[0], leaf, *carried), store_of(tmp_path, other))
+    assert not v.trusted and v.reason == "too many candidate issuers to check"
+    assert time.monotonic() - start < 10
