@@ -28,6 +28,7 @@ from .options import (
     EXPORT_OPTS,
     IMPORT_OPTS,
     JSON_OPT,
+    SIGNATURE_OPTS,
     VSYS_OPT,
     add_opts,
     parse_mib,
@@ -81,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", parents=[common], help="describe a package")
     info.add_argument("package", metavar="PACKAGE")
-    add_opts(info, (JSON_OPT, VSYS_OPT, CONFIGURATION_OPT))
+    add_opts(info, (JSON_OPT, VSYS_OPT, CONFIGURATION_OPT) + SIGNATURE_OPTS)
 
     ver = sub.add_parser("verify", parents=[common], help="check a package without importing")
     ver.add_argument("package", metavar="PACKAGE")
-    add_opts(ver, (JSON_OPT,))
+    add_opts(ver, (JSON_OPT,) + SIGNATURE_OPTS)
 
     osl = sub.add_parser("os-list", parents=[common], help="OS names gnt-os list would show")
     add_opts(osl, (JSON_OPT,))
@@ -164,6 +165,8 @@ def import_request(args) -> ImportRequest:
         hypervisor=hv_name, hv_params=hv_params, nics=nics, no_nics=args.no_nics,
         tags=tuple(args.tags), vsys=args.vsys, configuration=args.configuration,
         verify=args.verify, trust_ganeti_section=args.trust_ganeti_section,
+        trusted_certs=tuple(args.trusted_certs or ()), ca_bundle=args.ca_bundle,
+        require_signature=args.require_signature,
     )
 
 
@@ -182,6 +185,8 @@ def cmd_import(args) -> int:
     out = args.output_dir or ganeti_env.export_dir()
     with _progress(args) as prog:
         result = import_package(args.package, out, req, progress=prog)
+    if result.trusted_signer and not args.quiet:
+        print(f"{PROG}: {args.package}: {result.trusted_signer}", file=sys.stderr)
     _finish(args, outcome.import_outcome(args.package, result, prog), result.path)
     return EXIT_SUCCESS
 
@@ -220,20 +225,41 @@ def cmd_export(args) -> int:
     return EXIT_SUCCESS
 
 
+def _trust_store(args):
+    """The anchors ``--trusted-cert``/``--ca-bundle`` name (a file that does
+    not load is a usage error, found before the package is opened)."""
+    from . import trust
+
+    return trust.load_store(tuple(args.trusted_certs or ()), args.ca_bundle)
+
+
 def cmd_info(args) -> int:
-    data = report.package_info(args.package, vsys=args.vsys, configuration=args.configuration)
+    data = report.package_info(args.package, vsys=args.vsys, configuration=args.configuration,
+                               store=_trust_store(args),
+                               require_signature=args.require_signature)
     _emit(json.dumps(data, indent=2, sort_keys=False) if args.json else report.info_text(data))
+    cert = data["certificate"]
+    if args.require_signature and not (cert and cert["trust"] and cert["trust"]["trusted"]):
+        why = "has no signature that verifies" if cert is None else \
+            "has a signer that does not chain to a " \
+            "trusted certificate"
+        print(f"{PROG}: error: {args.package}: the package {why} and --require-signature is "
+              "given", file=sys.stderr)
+        return EXIT_VERIFY
     return EXIT_SUCCESS
 
 
 def cmd_verify(args) -> int:
-    problems, checked = report.verify_package(args.package)
+    problems, checked, warnings = report.verify_report(
+        args.package, store=_trust_store(args), require_signature=args.require_signature)
     if args.json:
         _emit(json.dumps({"package": args.package, "ok": not problems, "checked": checked,
-                          "problems": problems}, indent=2))
+                          "problems": problems, "warnings": warnings}, indent=2))
     else:
         for line in checked:
             _emit(f"ok: {line}")
+        for w in warnings:
+            print(f"{PROG}: warning: {args.package}: {w}", file=sys.stderr)
         for p in problems:
             print(f"{PROG}: {args.package}: {p}", file=sys.stderr)
     return EXIT_VERIFY if problems else EXIT_SUCCESS

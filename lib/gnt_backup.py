@@ -3,7 +3,8 @@
 Without ``--ovf`` (and outside ``--help``) the real ``gnt-backup`` is
 exec'd untouched, so output and exit status are exactly Ganeti's.  With it,
 Ganeti's own ``commands`` table is used with options added (``--ovf``,
-``-o/--os-type``, ``--no-verify``, ``--trust-ganeti-section`` on import;
+``-o/--os-type``, ``--no-verify``, ``--trust-ganeti-section``,
+``--trusted-cert``, ``--ca-bundle``, ``--require-signature`` on import;
 ``--ovf`` and every ``ovfconverter export`` option on export) and the
 import/export handlers wrapped, both behind one error boundary
 (``_boundary``):
@@ -79,7 +80,8 @@ def _ovf_options(cli_opts) -> tuple[list, list]:
     return (
         [ovf_import, cli_opts.OS_OPT,
          o.NO_VERIFY_OPT.to_optparse(opt, long_only=True, dest="ovf_verify"),
-         o.TRUST_OPT.to_optparse(opt, long_only=True, dest="ovf_trust")],
+         o.TRUST_OPT.to_optparse(opt, long_only=True, dest="ovf_trust")]
+        + [x.to_optparse(opt, long_only=True, dest="ovf_" + x.dest) for x in o.SIGNATURE_OPTS],
         [ovf_export] + [x.to_optparse(opt, long_only=True, dest=EXPORT_PREFIX + x.dest)
                         for x in o.EXPORT_OPTS],
     )
@@ -90,7 +92,8 @@ def _extended_commands(gb, cli_opts, cli) -> dict:
     commands = dict(gb.commands)
     func, args, opts, usage, desc = commands["import"]
     commands["import"] = (_wrap_import(func, cli), args, list(opts) + imp_opts,
-                          "[--ovf <package> [-o <os>]] " + usage,
+                          "[--ovf <package> [-o <os>] [--trusted-cert FILE] [--ca-bundle FILE]"
+                          " [--require-signature]] " + usage,
                           desc + " or from an OVF/OVA package (--ovf)")
     func, args, opts, usage, desc = commands["export"]
     commands["export"] = (_wrap_export(func, cli), args, list(opts) + exp_opts,
@@ -165,6 +168,20 @@ def _conversion_context(cli):
         logger.setLevel(old_level)
 
 
+def import_request(opts, instance: str):
+    """Ganeti's parsed options -> our ImportRequest.  Ganeti applies
+    -t/--disk/--net/-B/-H/... itself; -t and --no-nics must also shape the
+    staging export, which Ganeti reads the rest from."""
+    from .importer import ImportRequest
+
+    return ImportRequest(name=instance, os_name=opts.os, verify=opts.ovf_verify,
+                         trust_ganeti_section=opts.ovf_trust, no_nics=bool(opts.no_nics),
+                         disk_template=opts.disk_template, use_cluster=True,
+                         trusted_certs=tuple(opts.ovf_trusted_certs or ()),
+                         ca_bundle=opts.ovf_ca_bundle,
+                         require_signature=opts.ovf_require_signature)
+
+
 def ovf_import(original, cli, opts, args) -> int:
     """Convert into a hidden staging export, then run Ganeti's own import.
 
@@ -174,7 +191,7 @@ def ovf_import(original, cli, opts, args) -> int:
     a signal or a dropped session in the foreground cannot pull the dumps
     from under a running job.  Before that, SIGTERM/SIGHUP/Ctrl-C remove it.
     """
-    from .importer import ImportRequest, import_package
+    from .importer import import_package
     from .progress import Progress
 
     if opts.src_node or opts.src_dir:
@@ -183,11 +200,7 @@ def ovf_import(original, cli, opts, args) -> int:
     instance = args[0]
     export_root = ganeti_env.export_dir()
     node = ganeti_env.my_hostname()
-    # Ganeti applies -t/--disk/--net/-B/-H/... itself; -t and --no-nics
-    # must also shape the staging export, which Ganeti reads the rest from.
-    req = ImportRequest(name=instance, os_name=opts.os, verify=opts.ovf_verify,
-                        trust_ganeti_section=opts.ovf_trust, no_nics=bool(opts.no_nics),
-                        disk_template=opts.disk_template, use_cluster=True)
+    req = import_request(opts, instance)
     if not opts.ovf_verify:
         cli.ToStderr("Warning: --no-verify: manifest and certificate are NOT checked")
     wanted_submit = opts.submit_only
@@ -202,6 +215,8 @@ def ovf_import(original, cli, opts, args) -> int:
                                export_root) from e
         with Progress(lambda m: cli.ToStdout("%s", m)) as shown:  # meters on a tty
             result = import_package(opts.ovf, staging, req, progress=shown)
+        if result.trusted_signer:
+            cli.ToStdout("%s: %s", opts.ovf, result.trusted_signer)
         opts.src_node = node
         opts.src_dir = result.path
         opts.submit_only = True

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import disks as diskmod
-from . import integrity, oslist, sparse
+from . import integrity, oslist, signer, sparse, trust
 from .descriptor.reader import parse_descriptor
 from .errors import (
     DescriptorError,
@@ -99,6 +99,9 @@ class ImportRequest:
     trust_ganeti_section: bool = False
     os_search_path: Sequence[str] | None = None
     use_cluster: bool = True
+    trusted_certs: Sequence[str] = ()  # --trusted-cert files
+    ca_bundle: str | None = None  # --ca-bundle; None: the system's
+    require_signature: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,8 @@ class PackageCheck:
     algorithms: tuple[str, ...] = ()
     verified: tuple[str, ...] = ()  # files whose digest matched
     certificate: integrity.CertInfo | None = None
+    trust: trust.Verdict | None = None  # does the signer chain to a trusted certificate
+    certificate_name: str | None = None  # the .cert member
     problems: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     deferred: tuple[integrity.ManifestEntry, ...] = ()  # digests left to the caller
@@ -119,6 +124,7 @@ class ImportResult:
     path: str
     config: ExportConfig
     warnings: tuple[str, ...] = ()
+    trusted_signer: str | None = None  # the line naming the anchor, if the signer chains
 
 
 MAX_MANIFEST_SIZE = 4 << 20
@@ -134,7 +140,9 @@ def _small_member(pkg: Package, m, what: str) -> bytes:
 
 
 def check_package(pkg: Package, env: Envelope | None = None, *,
-                  collect: bool = False, defer: frozenset[str] = frozenset()) -> PackageCheck:
+                  collect: bool = False, defer: frozenset[str] = frozenset(),
+                  store: trust.TrustStore | None = None,
+                  require_signature: bool = False) -> PackageCheck:
     """Verify the manifest and certificate.
 
     A manifest must list every file the descriptor references (each chunk
@@ -144,6 +152,11 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
     (``verify``); otherwise the first one raises IntegrityError.  Digests
     of the members named in ``defer`` are not computed here but returned
     as ``deferred``: the importer checks them while it converts.
+
+    A signature that verifies is then judged against ``store`` (default:
+    the system's CA bundle): ``trust`` says whether the signer chains to a
+    trusted certificate.  With ``require_signature`` an unsigned package,
+    or one whose signer does not chain, is a problem.
     """
     problems: list[str] = []
 
@@ -158,6 +171,9 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
         if cm is not None:
             problem(f"certificate {cm.name!r} but no manifest {_stem(pkg) + '.mf'!r} for it "
                     "to sign")
+        elif require_signature:
+            problem("the package is not signed (no manifest, no certificate) and "
+                    "--require-signature is given")
         return PackageCheck(problems=tuple(problems))
     mf_bytes = _small_member(pkg, mf, "manifest")
     manifest = integrity.parse_manifest(mf_bytes, path=mf.label or mf.name, allow_empty=True)
@@ -185,17 +201,19 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
         for m in members:
             if m.name not in listed:
                 problem(f"manifest does not list {m.name!r}: its content is not protected")
-    cert = None
+    cert = verdict = None
     if cm is not None:
-        try:
-            cert = integrity.verify_certificate(_small_member(pkg, cm, "certificate"),
-                                                mf.name, mf_bytes, path=pkg.path)
-        except IntegrityError as e:
-            problem(e.problem)
+        cert, verdict = signer.check_signature(
+            _small_member(pkg, cm, "certificate"), mf.name, mf_bytes, store, problem,
+            require_signature=require_signature, path=pkg.path)
+    elif require_signature:
+        problem(f"the package is not signed (no certificate {_stem(pkg) + '.cert'!r}) "
+                "and --require-signature is given")
     return PackageCheck(
         manifest=mf.name,
         algorithms=tuple(sorted({e.algorithm for e in manifest.entries})),
-        verified=tuple(verified), certificate=cert, problems=tuple(problems),
+        verified=tuple(verified), certificate=cert, trust=verdict,
+        certificate_name=cm.name if cm is not None else None, problems=tuple(problems),
         warnings=tuple(warnings), deferred=tuple(deferred),
     )
 
@@ -248,15 +266,6 @@ def _check_digests(pkg: Package, listed: dict[str, tuple[integrity.ManifestEntry
 
 def _stem(pkg: Package) -> str:
     return pkg.descriptor_name.rsplit(".", 1)[0]
-
-
-def describe_certificate(cert: integrity.CertInfo) -> tuple[str, bool]:
-    """One line about the signer, and whether it deserves a warning."""
-    flags = [f for f, on in (("self-signed", cert.self_signed), ("EXPIRED", cert.expired),
-                             ("not yet valid", cert.not_yet_valid)) if on]
-    line = (f"signed by {cert.subject} (issuer {cert.issuer}; SHA256 fingerprint "
-            f"{cert.fingerprint_sha256}" + (f"; {', '.join(flags)}" if flags else "") + ")")
-    return line, bool(flags)
 
 
 def load_envelope(pkg: Package, *, configuration: str | None = None) -> Envelope:
@@ -652,21 +661,26 @@ def import_package(package: str, output_dir: str, req: ImportRequest = ImportReq
     only once they matched; a mismatch also explains any failure it
     caused on the way (a damaged image), so it is reported first.
     """
+    if req.require_signature and not req.verify:
+        raise UsageError("--require-signature and --no-verify exclude each other")
+    store = trust.load_store(req.trusted_certs, req.ca_bundle) if req.verify else None
     with open_package(package) as pkg:
         env = load_envelope(pkg, configuration=req.configuration)
         deferred: tuple[integrity.ManifestEntry, ...] = ()
+        trusted_line = None
         if req.verify:
-            check = check_package(pkg, env, defer=_file_names(pkg, env))
+            check = check_package(pkg, env, defer=_file_names(pkg, env), store=store,
+                                  require_signature=req.require_signature)
             deferred = check.deferred
             for w in check.warnings:
                 log.warning("%s: %s", package, w)
-            if check.certificate is not None:
-                line, alarming = describe_certificate(check.certificate)
-                (log.warning if alarming else log.info)("%s: %s", package, line)
+            trusted_line = signer.report_signer(package, check.certificate, check.trust,
+                                                check.certificate_name)
         digests = _Digests(pkg, deferred)
         try:
             try:
-                return _convert(pkg, env, package, output_dir, req, digests, progress)
+                result = _convert(pkg, env, package, output_dir, req, digests, progress)
+                return dataclasses.replace(result, trusted_signer=trusted_line)
             except OvfError:
                 digests.check()  # a mismatch is the better explanation
                 raise

@@ -309,7 +309,8 @@ class CertFile:
 
     ``signature`` is the raw signature (the hex decoded), over the manifest
     ``manifest_name`` with digest ``algorithm``.  ``certificates[0]`` is the
-    signer; any others are what the publisher added (a chain), unchecked.
+    signer; any others are what the publisher added (a chain), which
+    ``trust.check_signer`` may use as intermediates.
     """
 
     algorithm: str
@@ -402,6 +403,13 @@ def parse_certificate_file(data: bytes, *, path: PathLike | None = None) -> Cert
     rest = rest.strip(_BLANK)
     if rest:
         raise IntegrityError(f"unexpected text after the certificate: {_excerpt(rest)}", path)
+    for number, cert in enumerate(certs, start=1):
+        try:  # parsed lazily by cryptography: a bad name would surface later
+            cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
+        except (ValueError, KeyError, TypeError) as e:  # cryptography 38 raises all three
+            raise IntegrityError(f"certificate {number} has a malformed subject or issuer name",
+                                 path) from e
     algorithm, name, signature = signature_line
     return CertFile(algorithm, name, signature, tuple(certs))
 
@@ -451,12 +459,11 @@ def verify_certificate(
     malformed, names another manifest, or the signature does not verify.
 
     This proves only that the manifest was signed by the holder of the key
-    in the certificate.  Whether that signer is trusted is not decided here:
-    a Ganeti node has no trust store for appliance publishers, and the
-    certificates in the wild are mostly self-signed (VirtualBox and ovftool
-    only warn too).  So an expired, not yet valid or self-signed certificate
-    is reported in the returned ``CertInfo``, for the caller to warn about
-    or to compare ``fingerprint_sha256`` with one the operator expects.
+    in the certificate, whatever names the certificate carries.  Whether
+    that signer is trusted is decided by ``trust.check_signer``, against
+    the operator's anchors; an expired, not yet valid or self-signed
+    certificate is reported in the returned ``CertInfo`` for the caller to
+    warn about.
     """
     cert_file = parse_certificate_file(cert_data, path=path)
     if cert_file.manifest_name != manifest_name:

@@ -26,6 +26,7 @@ __all__ = [
     "IMPORT_OPTS",
     "EXPORT_OPTS",
     "COMMON_OPTS",
+    "SIGNATURE_OPTS",
     "add_opts",
     "from_optparse",
 ]
@@ -207,10 +208,22 @@ TRUST_OPT = Opt(("--trust-ganeti-section",), "trust_ganeti_section",
                 "apply the hypervisor and OS parameters and NIC placement of the "
                 "package's Ganeti section", action="store_true", default=False)
 
+TRUSTED_CERT_OPT = Opt(("--trusted-cert",), "trusted_certs",
+                       "trust the certificates of this PEM file: the signer's own, or a CA "
+                       "of its chain (repeatable)", action="append", metavar="FILE")
+CA_BUNDLE_OPT = Opt(("--ca-bundle",), "ca_bundle",
+                    "PEM file of trusted CAs (default: the system's, "
+                    "/etc/ssl/certs/ca-certificates.crt)", metavar="FILE")
+REQUIRE_SIGNATURE_OPT = Opt(("--require-signature",), "require_signature",
+                            "refuse a package that is not signed or whose signer does not "
+                            "chain to a trusted certificate", action="store_true",
+                            default=False)
+SIGNATURE_OPTS = (TRUSTED_CERT_OPT, CA_BUNDLE_OPT, REQUIRE_SIGNATURE_OPT)
+
 COMMON_OPTS = (DEBUG_OPT, VERBOSE_OPT)
 IMPORT_OPTS = (NAME_OPT, OUTPUT_DIR_OPT, OS_OPT, OSPARAMS_OPT, DISK_TEMPLATE_OPT, DISK_OPT,
                BACKEND_OPT, HYPERVISOR_OPT, NET_OPT, NONICS_OPT, TAGS_OPT, VSYS_OPT,
-               CONFIGURATION_OPT, NO_VERIFY_OPT, TRUST_OPT)
+               CONFIGURATION_OPT, NO_VERIFY_OPT, TRUST_OPT) + SIGNATURE_OPTS
 EXPORT_NAME_OPT = Opt(("-n", "--name"), "name",
                       "package name (default: the instance's name)", metavar="NAME")
 EXPORT_OUTPUT_DIR_OPT = Opt(("--output-dir",), "output_dir",

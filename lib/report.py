@@ -12,13 +12,14 @@ from typing import Any
 
 from . import diskformats
 from . import disks as diskmod
+from . import trust
 from .errors import OvfError
 from .importer import check_package, load_envelope
 from .inspection import inspect_disks
 from .model import Disk, Envelope, VirtualSystem
 from .package import Package, open_package
 
-__all__ = ["package_info", "info_text", "verify_package"]
+__all__ = ["package_info", "info_text", "verify_package", "verify_report"]
 
 
 def _disk_data(pkg: Package, disk: Disk, probe: bool) -> dict[str, Any]:
@@ -71,16 +72,28 @@ def _system_data(pkg: Package, vs: VirtualSystem, probe: bool) -> dict[str, Any]
 
 
 def package_info(path: str, *, vsys: str | None = None, configuration: str | None = None,
-                 probe: bool = True) -> dict[str, Any]:
-    """Everything an operator wants to know before importing."""
+                 probe: bool = True, store: trust.TrustStore | None = None,
+                 require_signature: bool = False) -> dict[str, Any]:
+    """Everything an operator wants to know before importing; the signer is
+    judged against ``store`` (default: the system's CA bundle)."""
     with open_package(path) as pkg:
-        return _package_info(pkg, path, vsys, configuration, probe)
+        env: Envelope = load_envelope(pkg, configuration=configuration)
+        check = check_package(pkg, env, collect=True, store=store,
+                              require_signature=require_signature)
+        return _package_info(pkg, path, env, check, vsys, probe)
 
 
-def _package_info(pkg: Package, path: str, vsys: str | None, configuration: str | None,
+def _trust_data(check) -> dict[str, Any] | None:
+    v = check.trust
+    if v is None:
+        return None
+    return {"trusted": v.trusted, "anchor": v.anchor, "source": v.source,
+            "chain": list(v.chain), "reason": v.reason,
+            "line": v.line(check.certificate_name or "certificate")}
+
+
+def _package_info(pkg: Package, path: str, env: Envelope, check, vsys: str | None,
                   probe: bool) -> dict[str, Any]:
-    env: Envelope = load_envelope(pkg, configuration=configuration)
-    check = check_package(pkg, env, collect=True)
     systems = [vs for vs in env.systems if vsys is None or vs.system_id == vsys]
     cert = check.certificate
     return {
@@ -103,6 +116,7 @@ def _package_info(pkg: Package, path: str, vsys: str | None, configuration: str 
             "self_signed": cert.self_signed, "expired": cert.expired,
             "not_yet_valid": cert.not_yet_valid, "key": cert.key,
             "fingerprint_sha256": cert.fingerprint_sha256,
+            "trust": _trust_data(check),
         },
         # What the reader could not use, then what the manifest leaves
         # unprotected (e.g. VirtualBox 5.0 manifests that skip the .ovf).
@@ -194,6 +208,9 @@ def info_text(d: dict[str, Any]) -> str:
         out.append(f"Certificate: {c['subject']} (issuer {c['issuer']}; valid "
                    f"{c['not_before']} .. {c['not_after']})"
                    + (f" [{', '.join(flags)}]" if flags else ""))
+        t = c.get("trust")
+        if t is not None:
+            out.append(f"  {'Trusted' if t['trusted'] else 'NOT TRUSTED'}: {t['line']}")
     for w in d["warnings"]:
         out.append(f"Note: {w}")
     return "\n".join(out)
@@ -201,16 +218,28 @@ def info_text(d: dict[str, Any]) -> str:
 
 def verify_package(path: str) -> tuple[list[str], list[str]]:
     """(problems, what was checked and held) for a whole package."""
+    problems, checked, _ = verify_report(path)
+    return problems, checked
+
+
+def verify_report(path: str, *, store: trust.TrustStore | None = None,
+                  require_signature: bool = False) -> tuple[list[str], list[str], list[str]]:
+    """(problems, what was checked and held, warnings): a warning says that
+    a signer does not chain to a trusted certificate of ``store``."""
+    warnings: list[str] = []
     try:
         with open_package(path) as pkg:
-            return _verify(pkg)
+            problems, checked = _verify(pkg, store, require_signature, warnings)
+            return problems, checked, warnings
     except OvfError as e:
         if isinstance(e.__cause__, OSError) and e.path == path:
             raise  # nothing to verify (missing, unreadable): an error, as for info
-        return [e.problem], []
+        return [e.problem], [], warnings
 
 
-def _verify(pkg: Package) -> tuple[list[str], list[str]]:
+def _verify(pkg: Package, store: trust.TrustStore | None = None,
+            require_signature: bool = False, warnings: list[str] | None = None
+            ) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     checked: list[str] = []
     try:
@@ -243,7 +272,8 @@ def _verify(pkg: Package) -> tuple[list[str], list[str]]:
     extra = [n for n in pkg.names() if n not in referenced]
     if pkg.kind == "ova":
         problems.extend(f"member {n!r} is not referenced by the descriptor" for n in extra)
-    check = check_package(pkg, env, collect=True)
+    check = check_package(pkg, env, collect=True, store=store,
+                          require_signature=require_signature)
     problems.extend(check.problems)
     if check.manifest:
         checked.append(f"manifest {check.manifest}: {len(check.verified)} digest(s) match"
@@ -253,4 +283,11 @@ def _verify(pkg: Package) -> tuple[list[str], list[str]]:
     if check.certificate is not None:
         checked.append(f"certificate {check.certificate.subject}: signature over the "
                        "manifest holds")
+    v = check.trust
+    if v is not None:
+        line = v.line(check.certificate_name or "certificate")
+        if v.trusted:
+            checked.append(line)
+        elif warnings is not None and not require_signature:  # else it is a problem
+            warnings.append(line)
     return problems, checked
