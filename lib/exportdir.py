@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import errno
+import fcntl
 import io
 import math
 import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,7 +37,9 @@ __all__ = [
     "read_config",
     "staging",
     "staging_file",
+    "open_input",
     "check_instance_name",
+    "CONFIG_MAX",
     "MAX_DISKS",
     "MAX_NICS",
 ]
@@ -43,6 +48,7 @@ MIB = 1 << 20
 MAX_DISKS = 16  # constants.MAX_DISKS: Ganeti reads disk0..disk15 only
 MAX_NICS = 8  # constants.MAX_NICS
 EXPORT_VERSION = 0
+CONFIG_MAX = 1 << 20  # bytes of config.ini we read; Ganeti's are ~2 KiB
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -165,11 +171,17 @@ def read_config(path: str) -> ExportConfig:
     """A Ganeti export's config.ini (3.0's, or older with ``memory``)."""
     cp = configparser.ConfigParser(interpolation=configparser.BasicInterpolation())
     cp.optionxform = str  # type: ignore[assignment,method-assign]
+    fd = open_input(path, "config.ini", path)
     try:
-        with open(path, encoding="utf-8") as f:
-            cp.read_file(f)
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(CONFIG_MAX + 1)
     except OSError as e:
         raise ExportDirError(f"cannot read: {e.strerror}", path) from e
+    if len(raw) > CONFIG_MAX:
+        raise ExportDirError(f"is larger than {CONFIG_MAX} bytes: not a Ganeti config.ini",
+                             path)
+    try:
+        cp.read_string(raw.decode("utf-8"), source=path)
     except (configparser.Error, UnicodeDecodeError) as e:
         raise ExportDirError(f"not a valid config.ini: {str(e).splitlines()[0]}", path) from e
 
@@ -249,6 +261,53 @@ def read_config(path: str) -> ExportConfig:
         os_params_private=section("os_private"), source=get("export", "source"),
         timestamp=int(ts) if ts and ts.strip().isdigit() else None,
     )
+
+
+def open_input(path: str, what: str, label: str, *, missing: str = "no such file") -> int:
+    """A read-only descriptor of the export input ``path``, by the import
+    side's rules: a regular file, not a symbolic link, not hard-linked
+    (a second name may be a file its owner never meant to give us).
+
+    The name is looked at before it is opened, so a device node or FIFO is
+    never opened (opening some has effects; a FIFO would block); the
+    descriptor is then checked to be what was looked at.  ``what`` names
+    the input in messages, ``label`` is the file they are about.
+    """
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        raise ExportDirError(f"{what}: {missing}", label) from None
+    except OSError as e:
+        raise ExportDirError(f"{what}: cannot read: {e.strerror}", label) from e
+    _check_input(before, what, label)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                     | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ExportDirError(f"{what} is a symbolic link; links are never followed",
+                                 label) from None
+        raise ExportDirError(f"{what}: cannot read: {e.strerror}", label) from e
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise ExportDirError(f"{what} changed while being opened", label)
+        _check_input(st, what, label)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_input(st: os.stat_result, what: str, label: str) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise ExportDirError(f"{what} is a symbolic link; links are never followed", label)
+    if not stat.S_ISREG(st.st_mode):
+        raise ExportDirError(f"{what} is not a regular file", label)
+    if st.st_nlink != 1:
+        raise ExportDirError(f"{what} has {st.st_nlink} hard links; an input must have one "
+                             "name only (copy it)", label)
 
 
 def _new_sibling(dest: str, make: Callable[[str, str], str], what: str) -> str:

@@ -56,10 +56,16 @@ def open_source(path: str, size: int, label: str) -> int:
     try:
         # No O_NOFOLLOW: an instance's disk is a link (/dev/VG/LV); dumps
         # of an export directory were checked not to be links.
-        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO in its place must not hang us (refused below).
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise DiskImageError(f"cannot read: {e.strerror}", label) from e
     try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            os.close(fd)
+            raise DiskImageError("is neither a regular file nor a block device", label)
+        os.set_blocking(fd, True)
         have = byte_size(fd)
     except OSError as e:
         os.close(fd)
