@@ -19,7 +19,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from . import __version__, ganeti_env, oslist, outcome, progress, report
+from . import __version__, ganeti_env, oslist, outcome, progress, report, staging
 from .errors import IntegrityError, OvfError, UsageError
 from .importer import ImportRequest
 from .options import (
@@ -110,7 +110,15 @@ def _setup_logging(debug: bool, verbose: bool) -> None:
     root.propagate = False
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _on_sigterm(signum, frame):  # noqa: ARG001
+    """Clean up like Ctrl-C -- unless the output is already in place: the
+    command has then succeeded, and a late signal must not make it a
+    failure (it ends normally, exit 0)."""
+    if staging.published():
+        return
     raise KeyboardInterrupt
 
 
@@ -265,11 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "-d" in argv or "--debug" in argv
     _setup_logging(debug, "-v" in argv or "--verbose" in argv)
     # SIGTERM (kill) and SIGHUP (a dropped ssh session) clean up like Ctrl-C.
-    old = {sig: signal.signal(sig, _on_sigterm) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    staging.reset_published()
+    old = {sig: signal.signal(sig, _on_sigterm) for sig in _SIGNALS}
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
+        for sig in _SIGNALS:  # a second Ctrl-C must not cut this line short
+            signal.signal(sig, signal.SIG_IGN)
         print(f"{PROG}: interrupted; nothing was left behind", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:

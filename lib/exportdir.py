@@ -1,4 +1,4 @@
-"""Ganeti export directories: ``config.ini`` <-> values, and atomic staging.
+"""Ganeti export directories: ``config.ini`` <-> values (staging: :mod:`staging`).
 
 ``config.ini`` is read by Ganeti with a *interpolating* ConfigParser
 (``objects.SerializableConfigParser``), so a ``%`` in a value must be
@@ -10,23 +10,20 @@ configparser, never by hand, and in the section order Ganeti 3.0 writes
 from __future__ import annotations
 
 import configparser
-import contextlib
 import errno
 import fcntl
 import io
 import math
 import os
 import re
-import shutil
-import signal
 import stat
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .errors import ExportDirError, OvfError
 from .model import GanetiNic
+from .staging import staging, staging_file
 
 __all__ = [
     "MIB",
@@ -310,18 +307,6 @@ def _check_input(st: os.stat_result, what: str, label: str) -> None:
                              "name only (copy it)", label)
 
 
-def _new_sibling(dest: str, make: Callable[[str, str], str], what: str) -> str:
-    """Create a temporary sibling of ``dest`` with ``make(prefix, parent)``.
-    Callers hold signals around this inside their ``try``, so a Ctrl-C
-    cannot land between creation and cleanup."""
-    parent = os.path.dirname(os.path.abspath(dest)) or "."
-    try:
-        os.makedirs(parent, exist_ok=True)
-        return make(f".{os.path.basename(dest)}.new-", parent)
-    except OSError as e:
-        raise ExportDirError(f"cannot create a {what}: {e.strerror}", parent) from e
-
-
 def human_size(n: int) -> str:
     for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if n >= 1 << shift:
@@ -346,42 +331,6 @@ def check_free_space(path: str, need: int, what: str,
                     f"{human_size(avail)} available", where)
 
 
-def _refuse_existing(dest: str) -> None:
-    if os.path.lexists(dest):
-        raise ExportDirError("already exists; remove it or choose another name", dest)
-
-
-def _mkstemp(prefix: str, parent: str) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=parent)
-    os.close(fd)
-    return tmp
-
-
-@contextlib.contextmanager
-def staging(dest: str) -> Iterator[str]:
-    """A temporary sibling of ``dest`` renamed to ``dest`` on success.
-
-    On any exception (KeyboardInterrupt included) the sibling is removed,
-    so ``dest`` appears complete or not at all.  Mode 0700, like Ganeti's
-    own exports: dumps hold guest data.
-    """
-    _refuse_existing(dest)
-    tmp: str | None = None
-    try:
-        with _signals_held():
-            tmp = _new_sibling(dest, lambda prefix, parent: tempfile.mkdtemp(prefix=prefix,
-                                                                             dir=parent),
-                               "directory")
-        yield tmp
-        if os.path.lexists(dest):
-            raise ExportDirError("appeared while we worked; not replaced", dest)
-        os.rename(tmp, dest)
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_config(directory: str, cfg: ExportConfig) -> str:
     """Write ``config.ini`` (mode 0600) into ``directory``; returns its path."""
     path = os.path.join(directory, "config.ini")
@@ -390,57 +339,3 @@ def write_config(directory: str, cfg: ExportConfig) -> str:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     return path
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP (delivered when the block ends), so a temporary
-    file cannot be created and then lost to a Ctrl-C before its cleanup
-    is in place."""
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-@contextlib.contextmanager
-def staging_file(dest: str) -> Iterator[str]:
-    """A new empty temporary sibling file of ``dest``, put in place as ``dest``
-    on success: the file variant of :func:`staging` (for an OVA).
-
-    The sibling lives in ``dest``'s directory so the final step never
-    crosses file systems.  It is fsynced, then hard-linked to ``dest``:
-    link(2) fails if ``dest`` appeared meanwhile, where rename(2) would
-    silently replace it (rename is the fallback on file systems without
-    hard links).  On any exception, KeyboardInterrupt included, the sibling
-    is removed, so ``dest`` appears complete or not at all.  Mode 0600:
-    the file holds guest data.
-    """
-    _refuse_existing(dest)
-    tmp: str | None = None
-    try:
-        with _signals_held():
-            tmp = _new_sibling(dest, _mkstemp, "file")
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, dest)
-        except FileExistsError:
-            raise ExportDirError("appeared while we worked; not replaced", dest) from None
-        except OSError:
-            if os.path.lexists(dest):
-                raise ExportDirError("appeared while we worked; not replaced", dest) from None
-            os.rename(tmp, dest)
-        else:
-            os.unlink(tmp)
-    except BaseException:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        raise
