@@ -15,6 +15,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -275,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (kill) and SIGHUP (a dropped ssh session) clean up like Ctrl-C.
     staging.reset_published()
     old = {sig: signal.signal(sig, _on_sigterm) for sig in _SIGNALS}
+    # Everything we (and qemu-img for us) create holds guest data: 0600/0700.
+    old_umask = os.umask(0o077)
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
@@ -294,6 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         if debug:
             log.exception("traceback")
+        full = staging.no_space(e, e.filename, OvfError) if e.filename else None
+        if full is not None:
+            print(f"{PROG}: error: {full}", file=sys.stderr)
+            return EXIT_FAILURE
         where = f"{e.filename}: " if e.filename else ""
         msg = e.strerror or errno.errorcode.get(e.errno or 0, str(e))
         print(f"{PROG}: error: {where}{msg}", file=sys.stderr)
@@ -305,5 +312,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               "details)", file=sys.stderr)
         return EXIT_FAILURE
     finally:
+        os.umask(old_umask)
         for sig, handler in old.items():
             signal.signal(sig, handler)

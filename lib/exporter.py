@@ -46,6 +46,7 @@ from .exportplan import (
 from .model import Envelope
 from .ovawriter import NAME_MAX
 from .pkgwriter import DirPackage, OvaPackage, signer, write_package
+from .sparse import write_error
 
 __all__ = [
     "ExportRequest",
@@ -154,7 +155,7 @@ def export_config(cfg: ExportConfig, dumps: Sequence[str | None], output_dir: st
     try:
         files = write_package(writer, plans, env_for, req, names, sig, progress, config)
     except OSError as e:
-        raise PackageError(f"cannot write: {e.strerror or e}", e.filename or dest) from e
+        raise write_error(e, e.filename or dest) from e
     ovf = os.path.join(dest, names["ovf"]) if not req.ova else names["ovf"]
     return ExportResult(path=dest, descriptor=ovf, files=tuple(files),
                         warnings=tuple(warnings))

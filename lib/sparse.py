@@ -24,6 +24,7 @@ import stat
 from collections.abc import Iterator
 
 from .errors import DiskImageError, PackageError
+from .staging import no_space
 
 __all__ = [
     "BUF",
@@ -37,6 +38,7 @@ __all__ = [
     "all_zero",
     "zeros",
     "pwrite_all",
+    "write_error",
     "SparseFile",
 ]
 
@@ -209,7 +211,15 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int, path:
             view = view[n:]
             offset += n
     except OSError as e:
-        raise PackageError(f"cannot write: {e.strerror}", path) from e
+        raise write_error(e, path) from e
+
+
+def write_error(e: OSError, path: str) -> PackageError:
+    """The one line for a failed write of ``path``: a full file system is
+    named by its mount point."""
+    full = no_space(e, path, PackageError)
+    return full if isinstance(full, PackageError) else \
+        PackageError(f"cannot write: {e.strerror}", path)
 
 
 class SparseFile:
@@ -221,7 +231,8 @@ class SparseFile:
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise PackageError(f"cannot create: {e.strerror}", path) from e
+            raise no_space(e, path, PackageError) or \
+                PackageError(f"cannot create: {e.strerror}", path) from e
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         n = len(data)
@@ -236,7 +247,7 @@ class SparseFile:
                 os.ftruncate(self._fd, self.size)
                 os.fsync(self._fd)
             except OSError as e:
-                raise PackageError(f"cannot write: {e.strerror}", self.path) from e
+                raise write_error(e, self.path) from e
             finally:
                 os.close(self._fd)
                 self._fd = -1
