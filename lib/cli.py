@@ -118,7 +118,7 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     """Clean up like Ctrl-C -- unless the output is already in place: the
     command has then succeeded, and a late signal must not make it a
     failure (it ends normally, exit 0)."""
-    if staging.published():
+    if staging.published() or staging.deferring(signum):
         return
     raise KeyboardInterrupt
 

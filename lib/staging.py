@@ -45,6 +45,7 @@ __all__ = [
     "published",
     "reset_published",
     "signals_held",
+    "deferring",
     "mount_point",
     "no_space",
 ]
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 STAGING_PREFIX = ".ganeti-ovf-"
 _OLD_STAGING = re.compile(r"^\..+\.new-[a-z0-9_]{8}$")  # before 0.10: unlocked, not removed
 _published: list[str] = []
+_held = 0  # signals_held() depth
+_pending: list[int] = []  # signals that arrived while held
 
 
 def published() -> tuple[str, ...]:
@@ -63,19 +66,40 @@ def published() -> tuple[str, ...]:
 
 def reset_published() -> None:
     _published.clear()
+    _pending.clear()
 
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP (delivered when the block ends), so a
-    temporary cannot be created and then lost to a Ctrl-C before its
-    cleanup is in place, nor an output be published and then undone."""
+    """Hold SIGINT/SIGTERM/SIGHUP until the block ends, so a temporary
+    cannot be created and then lost to a Ctrl-C before its cleanup is in
+    place, nor an output be published and then undone.
+
+    The signal mask holds them for this thread; a signal another thread
+    receives still runs the Python handler here, so the CLI's handler asks
+    :func:`deferring` and the interrupt is raised when the block ends.
+    """
+    global _held
     held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    _held += 1
     try:
         yield
     finally:
+        _held -= 1
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if not _held and _pending:
+            _pending.clear()
+            if not _published:
+                raise KeyboardInterrupt
+
+
+def deferring(signum: int) -> bool:
+    """For a signal handler: whether ``signum`` is held (and now pending)."""
+    if _held:
+        _pending.append(signum)
+        return True
+    return False
 
 
 # ------------------------------------------------------------ stale staging
@@ -185,11 +209,13 @@ def _new_stage(dest: str, parent: str) -> tuple[str, int]:
             os.close(fd)
             raise
         return tmp, fd
-    except OSError as e:
+    except BaseException as e:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise ExportDirError(f"cannot create a staging directory: {e.strerror}",
-                             parent) from e
+        if isinstance(e, OSError):
+            raise ExportDirError(f"cannot create a staging directory: {e.strerror}",
+                                 parent) from e
+        raise
     finally:
         if guard is not None:
             os.close(guard)
@@ -221,9 +247,13 @@ def staging(dest: str) -> Iterator[str]:
         with signals_held():
             if os.path.lexists(dest):
                 raise ExportDirError("appeared while we worked; not replaced", dest)
-            os.rename(tmp, dest)
+            _published.append(dest)  # first: a signal from here on is too late
+            try:
+                os.rename(tmp, dest)
+            except BaseException:
+                _published.remove(dest)
+                raise
             tmp = None
-            _published.append(dest)
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -261,8 +291,12 @@ def staging_file(dest: str) -> Iterator[str]:
         finally:
             os.close(out)
         with signals_held():
-            _publish_file(tmp, dest)
-            _published.append(dest)
+            _published.append(dest)  # first: a signal from here on is too late
+            try:
+                _publish_file(tmp, dest)
+            except BaseException:
+                _published.remove(dest)
+                raise
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
                 os.rmdir(stage)
