@@ -24,6 +24,7 @@ same rules:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from typing import Any, NamedTuple
 from . import sparse
 from .errors import DiskImageError
 from .model import ByteRange
+from .staging import no_space
 
 __all__ = [
     "inspect",
@@ -663,10 +665,23 @@ def convert_to_raw(src: ByteRange, fmt: str, dest: str, *, name: str,
         check_safe(image_info(src, fmt, name=name), name=name)
         check_image(src, fmt, name=name)
     spec, _ = _spec(src, fmt, name)
-    _run(
-        ["convert", "-q", "-f", fmt, "-O", "raw", spec, os.path.abspath(dest)],
-        name=name,
-    )
+    try:
+        _run(
+            ["convert", "-q", "-f", fmt, "-O", "raw", spec, os.path.abspath(dest)],
+            name=name,
+        )
+    except DiskImageError as e:
+        raise _full_disk(e, dest) from e
+
+
+def _full_disk(e: DiskImageError, dest: str) -> DiskImageError:
+    """qemu-img's ENOSPC/EDQUOT as our one line: the file and the file system."""
+    for code in (errno.ENOSPC, errno.EDQUOT):
+        if e.problem.endswith(os.strerror(code)):
+            full = no_space(OSError(code, os.strerror(code)), dest, DiskImageError)
+            if isinstance(full, DiskImageError):
+                return full
+    return e
 
 
 def create_blank(dest: str, size: int) -> None:

@@ -359,16 +359,19 @@ def small_fs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_gzip_disk_expanding_past_the_free_space(tmp_path, small_fs, ganeti_env):
+@pytest.mark.parametrize("fmt", ["raw", "vmdk"])
+def test_gzip_disk_expanding_past_the_free_space(tmp_path, small_fs, ganeti_env, fmt):
     """A 64 MiB disk that compresses to almost nothing, imported onto 16 MiB:
-    one line naming the mount point and the file; nothing left behind."""
+    one line naming the mount point and the file; nothing left behind.  A
+    raw disk fills up while it is decompressed, a VMDK while qemu-img
+    converts it."""
     export = tmp_path / "src"
     export.mkdir()
     shutil.copy(SAMPLES / "plain" / "config.ini", export / "config.ini")
     dump = export / "b4ff6b36-d2e4-4e71-9f58-5272a4f0488b"
     dump.write_bytes(b"\x01" * (64 * MIB))
     pkgs = tmp_path / "pkgs"
-    code, err = finish(start("export", "--ova", "--external", "-f", "raw", "--compress",
+    code, err = finish(start("export", "--ova", "--external", "-f", fmt, "--compress",
                              str(export),
                              "--output-dir", str(pkgs), "-q"))
     assert code == 0, err
