@@ -227,11 +227,19 @@ def package_name(cfg: ExportConfig, req: ExportRequest, config: str) -> str:
 
 
 def read_pem(path: str, what: str) -> bytes:
+    """The operator's key or certificate (links followed: their own files),
+    a regular file; a FIFO in its place must not hang the export."""
     try:
-        with open(path, "rb") as f:
-            return f.read(1 << 20)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise UsageError(f"cannot read the {what}: {e.strerror}", path) from e
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"the {what} is not a regular file", path)
+        try:
+            return f.read(1 << 20)
+        except OSError as e:
+            raise UsageError(f"cannot read the {what}: {e.strerror}", path) from e
 
 
 def _int_param(cfg: ExportConfig, key: str, config: str) -> int:

@@ -125,3 +125,17 @@ def test_fifo_as_instance_disk_fails_fast(tmp_path):
                        capture_output=True, text=True, timeout=BOUND, check=False)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == f"{fifo}: cannot read: Illegal seek"
+
+
+def test_fifo_as_signing_key_is_refused_without_hanging(tmp_path):
+    export = make_export(tmp_path, SAMPLES / "plain" / "config.ini")
+    key = tmp_path / "key.pem"
+    os.mkfifo(key)
+    cert = tmp_path / "cert.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    p = export_cli(str(export), "--sign", str(key), "--cert", str(cert), "--output-dir",
+                   str(tmp_path / "out"))
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert lines[0].startswith(f"ovfconverter: error: {key}: the signing key is not a "
+                               "regular file")
