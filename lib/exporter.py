@@ -3,9 +3,10 @@ the export workflow.
 
 Order matters, as in the importer: config.ini and every dump are checked
 (names, links, sizes, content) and free space is estimated *before*
-anything is written (:mod:`exportplan`); output goes to a staging sibling
-that is renamed at the very end, or removed on any error, Ctrl-C included
-(:mod:`pkgwriter`).  Each disk is read once and encoded straight into its
+anything is written (:mod:`exportplan`); output goes to a locked 0700
+staging directory beside it, put in place at the very end or removed on
+any error, Ctrl-C included, and cleared by the next run after a SIGKILL
+(:mod:`staging`, :mod:`pkgwriter`).  Each disk is read once and encoded straight into its
 package file or OVA member with its digest (:mod:`diskencode`); no
 temporary copy of a disk is made in any format or layout.
 
