@@ -401,3 +401,32 @@ def test_export_running_out_of_space(tmp_path, small_fs, monkeypatch, capsys, ov
     assert err[0].endswith(f"cannot write: no space left on the file system mounted at "
                            f"{small_fs}")
     assert os.listdir(small_fs) == []
+
+
+def test_older_versions_leftovers_are_named_not_removed(tmp_path):
+    """Before staging directories were locked, a killed export left a hidden
+    ``.NAME.ova.new-XXXXXXXX`` file: whose it is cannot be told, so it is
+    named (a warning) and left for the operator."""
+    out = tmp_path / "out"
+    out.mkdir()
+    old = out / ".qa-src.ova.new-ab_cd123"
+    old.write_bytes(b"partial")
+    small = make_export(tmp_path, SAMPLES / "plain" / "config.ini", name="small")
+    code, err = finish(start("export", "--ova", str(small), "--output-dir", str(out), "-q",
+                             "-n", "other"))
+    assert code == 0, err
+    assert err == [f"ovfconverter: WARNING: {old}: may be left by an interrupted run of an "
+                   "older version; remove it if no conversion is running"]
+    assert sorted(os.listdir(out)) == [old.name, "other.ova"]
+
+
+def test_published_package_directory_modes(tmp_path):
+    """A package directory is 0700 with 0600 files, like the staging it was."""
+    small = make_export(tmp_path, SAMPLES / "plain" / "config.ini", name="small")
+    out = tmp_path / "out"
+    code, err = finish(start("export", str(small), "--output-dir", str(out), "-q"))
+    assert code == 0, err
+    pkg = out / "qa-src"
+    assert stat.S_IMODE(pkg.stat().st_mode) == 0o700
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in pkg.iterdir()} == {
+        "qa-src.ovf": 0o600, "qa-src.mf": 0o600, "qa-src-disk0.vmdk": 0o600}
