@@ -24,6 +24,7 @@ the kernel drops the lock when the process dies, however it dies.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import logging
@@ -34,6 +35,7 @@ import signal
 import stat
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 from .errors import ExportDirError, OvfError
 
@@ -249,7 +251,7 @@ def staging(dest: str) -> Iterator[str]:
                 raise ExportDirError("appeared while we worked; not replaced", dest)
             _published.append(dest)  # first: a signal from here on is too late
             try:
-                os.rename(tmp, dest)
+                _rename_noreplace(tmp, dest)
             except BaseException:
                 _published.remove(dest)
                 raise
@@ -310,6 +312,31 @@ def staging_file(dest: str) -> Iterator[str]:
             os.close(fd)
     if stage is not None:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+_RENAME_NOREPLACE = 1
+_libc: Any = None
+
+
+def _rename_noreplace(tmp: str, dest: str) -> None:
+    """rename(2) that fails if ``dest`` exists: plain rename replaces an
+    empty directory that appeared meanwhile (renameat2, Linux >= 3.15;
+    plain rename after the check where the file system lacks it)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(_libc, "renameat2", None)
+    if fn is not None:
+        at_fdcwd = -100
+        if fn(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(dest),
+              _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise ExportDirError("appeared while we worked; not replaced", dest)
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err), dest)
+    os.rename(tmp, dest)
 
 
 def _publish_file(tmp: str, dest: str) -> None:

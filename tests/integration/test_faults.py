@@ -430,3 +430,27 @@ def test_published_package_directory_modes(tmp_path):
     assert stat.S_IMODE(pkg.stat().st_mode) == 0o700
     assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in pkg.iterdir()} == {
         "qa-src.ovf": 0o600, "qa-src.mf": 0o600, "qa-src-disk0.vmdk": 0o600}
+
+
+def test_directory_appearing_at_the_last_moment_is_not_replaced(tmp_path, mocker):
+    """An (empty) directory created under the output's name while the export
+    ran is not replaced by the final rename, which rename(2) alone would do."""
+    from ganeti_ovf.errors import ExportDirError
+    from ganeti_ovf.exporter import ExportRequest, export_package
+
+    small = make_export(tmp_path, SAMPLES / "plain" / "config.ini", name="small")
+    out = tmp_path / "out"
+    out.mkdir()
+    real = os.path.lexists
+
+    def appears(path):
+        if os.path.basename(path) == "qa-src" and any(
+                n.startswith(PREFIX) for n in os.listdir(out)):
+            os.makedirs(path, exist_ok=True)  # someone else's, right after the check
+            return False
+        return real(path)
+
+    mocker.patch.object(staging.os.path, "lexists", side_effect=appears)
+    with pytest.raises(ExportDirError, match="appeared while we worked; not replaced"):
+        export_package(str(small), str(out), ExportRequest())
+    assert os.listdir(out) == ["qa-src"] and os.listdir(out / "qa-src") == []
