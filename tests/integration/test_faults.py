@@ -454,3 +454,44 @@ def test_directory_appearing_at_the_last_moment_is_not_replaced(tmp_path, mocker
     with pytest.raises(ExportDirError, match="appeared while we worked; not replaced"):
         export_package(str(small), str(out), ExportRequest())
     assert os.listdir(out) == ["qa-src"] and os.listdir(out / "qa-src") == []
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _qemu_img_of(pid: int) -> int:
+    """The qemu-img convert (maybe behind its resource-limit trampoline)."""
+    for child in _children(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"convert" in argv:
+            return child
+    raise LookupError
+
+
+def test_qemu_img_killed_mid_import(big_ova, tmp_path, ganeti_env):
+    """qemu-img dying under the import (OOM killer, an operator's kill): one
+    line naming the disk and the signal, nothing left, and a rerun works."""
+    out = tmp_path / "out"
+    out.mkdir()
+    p = start("import", str(big_ova), "-o", "noop", "--output-dir", str(out), env=ganeti_env)
+    wait_for_data(out, p)
+    os.kill(_qemu_img_of(p.pid), signal.SIGKILL)
+    code, err = finish(p)
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("ovfconverter: error: qa-src-disk0.vmdk: qemu-img convert ")
+    assert "signal 9 (SIGKILL)" in err[0] and "Traceback" not in err[0]
+    assert os.listdir(out) == []
+    code, err = finish(start("import", str(big_ova), "-o", "noop", "--output-dir", str(out),
+                             "-q", env=ganeti_env))
+    assert (code, err) == (0, [])
+    assert os.listdir(out) == ["qa-src"]
