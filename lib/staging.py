@@ -34,6 +34,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 STAGING_PREFIX = ".ganeti-ovf-"
 _OLD_STAGING = re.compile(r"^\..+\.new-[a-z0-9_]{8}$")  # before 0.10: unlocked, not removed
 _published: list[str] = []
+_LOCK_WAIT = 5.0  # seconds to wait for the parent directory's lock
 _held = 0  # signals_held() depth
 _pending: list[int] = []  # signals that arrived while held
 
@@ -106,19 +108,29 @@ def deferring(signum: int) -> bool:
 
 # ------------------------------------------------------------ stale staging
 
-def _lock_dir(path: str, how: int) -> int | None:
+def _lock_dir(path: str, how: int, wait: float = _LOCK_WAIT) -> int | None:
     """``path`` opened and flock()ed with ``how``; None where that cannot be
-    done (no permission, a file system without flock): no cleanup then."""
+    done within ``wait`` seconds (no permission, no flock on this file
+    system, another program holding the directory locked): then no cleanup,
+    and a new staging directory is made unguarded (ours hold the parent's
+    lock only for a moment, so a cleaner of ours is not what waits)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, how)
-    except OSError:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.01)
+                continue
+        except OSError:
+            pass
         os.close(fd)
         return None
-    return fd
 
 
 def _take_if_stale(parent_fd: int, name: str) -> int | None:

@@ -495,3 +495,21 @@ def test_qemu_img_killed_mid_import(big_ova, tmp_path, ganeti_env):
                              "-q", env=ganeti_env))
     assert (code, err) == (0, [])
     assert os.listdir(out) == ["qa-src"]
+
+
+def test_output_directory_locked_by_another_program_does_not_hang(tmp_path):
+    """flock(2) on the output directory by some other program: the export
+    waits a few seconds for it at most, then goes on (without clean-up)."""
+    small = make_export(tmp_path, SAMPLES / "plain" / "config.ini", name="small")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{PREFIX}dead.abcd1234").mkdir(mode=0o700)
+    held = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        p = start("export", "--ova", str(small), "--output-dir", str(out), "-q")
+        _out, err = p.communicate(timeout=60)
+    finally:
+        os.close(held)
+    assert (p.returncode, err) == (0, "")
+    assert sorted(os.listdir(out)) == [f"{PREFIX}dead.abcd1234", "qa-src.ova"]
