@@ -6,7 +6,8 @@ Exit status (also in the man page's EXIT STATUS):
   1  failure (bad package, disk image, cluster, I/O ...)
   2  usage error (bad options or arguments)
   3  verification failed (manifest, certificate, ``verify`` found problems)
-  130 interrupted
+  130 interrupted (SIGINT, SIGTERM, SIGHUP) before the output was in place;
+      a signal after that changes nothing (the command succeeded)
 """
 
 from __future__ import annotations
