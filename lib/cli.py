@@ -6,7 +6,8 @@ Exit status (also in the man page's EXIT STATUS):
   1  failure (bad package, disk image, cluster, I/O ...)
   2  usage error (bad options or arguments)
   3  verification failed (manifest, certificate, ``verify`` found problems)
-  130 interrupted
+  130 interrupted (SIGINT, SIGTERM, SIGHUP) before the output was in place;
+      a signal after that changes nothing (the command succeeded)
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import argparse
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
-from . import __version__, ganeti_env, oslist, outcome, progress, report
+from . import __version__, ganeti_env, oslist, outcome, progress, report, staging
 from .errors import IntegrityError, OvfError, UsageError
 from .importer import ImportRequest
 from .options import (
@@ -111,7 +113,15 @@ def _setup_logging(debug: bool, verbose: bool) -> None:
     root.propagate = False
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _on_sigterm(signum, frame):  # noqa: ARG001
+    """Clean up like Ctrl-C -- unless the output is already in place: the
+    command has then succeeded, and a late signal must not make it a
+    failure (it ends normally, exit 0)."""
+    if staging.published() or staging.deferring(signum):
+        return
     raise KeyboardInterrupt
 
 
@@ -291,11 +301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "-d" in argv or "--debug" in argv
     _setup_logging(debug, "-v" in argv or "--verbose" in argv)
     # SIGTERM (kill) and SIGHUP (a dropped ssh session) clean up like Ctrl-C.
-    old = {sig: signal.signal(sig, _on_sigterm) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    staging.reset_published()
+    old = {sig: signal.signal(sig, _on_sigterm) for sig in _SIGNALS}
+    # Everything we (and qemu-img for us) create holds guest data: 0600/0700.
+    old_umask = os.umask(0o077)
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
+        for sig in _SIGNALS:  # a second Ctrl-C must not cut this line short
+            signal.signal(sig, signal.SIG_IGN)
         print(f"{PROG}: interrupted; nothing was left behind", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -309,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         if debug:
             log.exception("traceback")
+        full = staging.no_space(e, e.filename, OvfError) if e.filename else None
+        if full is not None:
+            print(f"{PROG}: error: {full}", file=sys.stderr)
+            return EXIT_FAILURE
         where = f"{e.filename}: " if e.filename else ""
         msg = e.strerror or errno.errorcode.get(e.errno or 0, str(e))
         print(f"{PROG}: error: {where}{msg}", file=sys.stderr)
@@ -320,5 +339,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               "details)", file=sys.stderr)
         return EXIT_FAILURE
     finally:
+        os.umask(old_umask)
         for sig, handler in old.items():
             signal.signal(sig, handler)

@@ -7,7 +7,8 @@ of each file is taken by :class:`Files` as the bytes go by.  Every format
 is written by us, as a stream: raw as it is, vmdk by :mod:`vmdkwriter`
 (streamOptimized, grains deflated on all cores), qcow2 by
 :mod:`qcow2writer`.  No temporary copy of a disk is ever made, so an
-interrupted export leaves only the staging file that is removed anyway.
+interrupted export has written only inside its staging directory, which
+is removed anyway.
 """
 
 from __future__ import annotations

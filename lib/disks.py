@@ -29,6 +29,7 @@ same rules:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ from .errors import DiskImageError
 from .exportdir import human_size
 from .model import ByteRange
 from .qemuimg import Limits as _Limits
+from .staging import no_space
 
 __all__ = [
     "inspect",
@@ -495,11 +497,24 @@ def convert_to_raw(src: ByteRange, fmt: str, dest: str, *, name: str,
         check_safe(info, name=name)
         check_image(src, fmt, name=name)
     spec, _ = _spec(src, fmt, name)
-    _run(
-        ["convert", "-q", "-f", fmt, "-O", "raw", spec, os.path.abspath(dest)],
-        name=name,
-        limits=_convert_limits(info.virtual_size),
-    )
+    try:
+        _run(
+            ["convert", "-q", "-f", fmt, "-O", "raw", spec, os.path.abspath(dest)],
+            name=name,
+            limits=_convert_limits(info.virtual_size),
+        )
+    except DiskImageError as e:
+        raise _full_disk(e, dest) from e
+
+
+def _full_disk(e: DiskImageError, dest: str) -> DiskImageError:
+    """qemu-img's ENOSPC/EDQUOT as our one line: the file and the file system."""
+    for code in (errno.ENOSPC, errno.EDQUOT):
+        if e.problem.endswith(os.strerror(code)):
+            full = no_space(OSError(code, os.strerror(code)), dest, DiskImageError)
+            if isinstance(full, DiskImageError):
+                return full
+    return e
 
 
 def create_blank(dest: str, size: int) -> None:

@@ -1,4 +1,4 @@
-"""Ganeti export directories: ``config.ini`` <-> values, and atomic staging.
+"""Ganeti export directories: ``config.ini`` <-> values (staging: :mod:`staging`).
 
 ``config.ini`` is read by Ganeti with a *interpolating* ConfigParser
 (``objects.SerializableConfigParser``), so a ``%`` in a value must be
@@ -10,20 +10,20 @@ configparser, never by hand, and in the section order Ganeti 3.0 writes
 from __future__ import annotations
 
 import configparser
-import contextlib
+import errno
+import fcntl
 import io
 import math
 import os
 import re
-import shutil
-import signal
-import tempfile
+import stat
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .errors import ExportDirError, OvfError
 from .model import GanetiNic
+from .staging import staging, staging_file
 
 __all__ = [
     "MIB",
@@ -34,7 +34,9 @@ __all__ = [
     "read_config",
     "staging",
     "staging_file",
+    "open_input",
     "check_instance_name",
+    "CONFIG_MAX",
     "MAX_DISKS",
     "MAX_NICS",
 ]
@@ -43,6 +45,7 @@ MIB = 1 << 20
 MAX_DISKS = 16  # constants.MAX_DISKS: Ganeti reads disk0..disk15 only
 MAX_NICS = 8  # constants.MAX_NICS
 EXPORT_VERSION = 0
+CONFIG_MAX = 1 << 20  # bytes of config.ini we read; Ganeti's are ~2 KiB
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -165,11 +168,17 @@ def read_config(path: str) -> ExportConfig:
     """A Ganeti export's config.ini (3.0's, or older with ``memory``)."""
     cp = configparser.ConfigParser(interpolation=configparser.BasicInterpolation())
     cp.optionxform = str  # type: ignore[assignment,method-assign]
+    fd = open_input(path, "config.ini", path)
     try:
-        with open(path, encoding="utf-8") as f:
-            cp.read_file(f)
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(CONFIG_MAX + 1)
     except OSError as e:
         raise ExportDirError(f"cannot read: {e.strerror}", path) from e
+    if len(raw) > CONFIG_MAX:
+        raise ExportDirError(f"is larger than {CONFIG_MAX} bytes: not a Ganeti config.ini",
+                             path)
+    try:
+        cp.read_string(raw.decode("utf-8"), source=path)
     except (configparser.Error, UnicodeDecodeError) as e:
         raise ExportDirError(f"not a valid config.ini: {str(e).splitlines()[0]}", path) from e
 
@@ -251,16 +260,51 @@ def read_config(path: str) -> ExportConfig:
     )
 
 
-def _new_sibling(dest: str, make: Callable[[str, str], str], what: str) -> str:
-    """Create a temporary sibling of ``dest`` with ``make(prefix, parent)``.
-    Callers hold signals around this inside their ``try``, so a Ctrl-C
-    cannot land between creation and cleanup."""
-    parent = os.path.dirname(os.path.abspath(dest)) or "."
+def open_input(path: str, what: str, label: str, *, missing: str = "no such file") -> int:
+    """A read-only descriptor of the export input ``path``, by the import
+    side's rules: a regular file, not a symbolic link, not hard-linked
+    (a second name may be a file its owner never meant to give us).
+
+    The name is looked at before it is opened, so a device node or FIFO is
+    never opened (opening some has effects; a FIFO would block); the
+    descriptor is then checked to be what was looked at.  ``what`` names
+    the input in messages, ``label`` is the file they are about.
+    """
     try:
-        os.makedirs(parent, exist_ok=True)
-        return make(f".{os.path.basename(dest)}.new-", parent)
+        before = os.lstat(path)
+    except FileNotFoundError:
+        raise ExportDirError(f"{what}: {missing}", label) from None
     except OSError as e:
-        raise ExportDirError(f"cannot create a {what}: {e.strerror}", parent) from e
+        raise ExportDirError(f"{what}: cannot read: {e.strerror}", label) from e
+    _check_input(before, what, label)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                     | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ExportDirError(f"{what} is a symbolic link; links are never followed",
+                                 label) from None
+        raise ExportDirError(f"{what}: cannot read: {e.strerror}", label) from e
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise ExportDirError(f"{what} changed while being opened", label)
+        _check_input(st, what, label)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_input(st: os.stat_result, what: str, label: str) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise ExportDirError(f"{what} is a symbolic link; links are never followed", label)
+    if not stat.S_ISREG(st.st_mode):
+        raise ExportDirError(f"{what} is not a regular file", label)
+    if st.st_nlink != 1:
+        raise ExportDirError(f"{what} has {st.st_nlink} hard links; an input must have one "
+                             "name only (copy it)", label)
 
 
 def human_size(n: int) -> str:
@@ -287,42 +331,6 @@ def check_free_space(path: str, need: int, what: str,
                     f"{human_size(avail)} available", where)
 
 
-def _refuse_existing(dest: str) -> None:
-    if os.path.lexists(dest):
-        raise ExportDirError("already exists; remove it or choose another name", dest)
-
-
-def _mkstemp(prefix: str, parent: str) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=parent)
-    os.close(fd)
-    return tmp
-
-
-@contextlib.contextmanager
-def staging(dest: str) -> Iterator[str]:
-    """A temporary sibling of ``dest`` renamed to ``dest`` on success.
-
-    On any exception (KeyboardInterrupt included) the sibling is removed,
-    so ``dest`` appears complete or not at all.  Mode 0700, like Ganeti's
-    own exports: dumps hold guest data.
-    """
-    _refuse_existing(dest)
-    tmp: str | None = None
-    try:
-        with _signals_held():
-            tmp = _new_sibling(dest, lambda prefix, parent: tempfile.mkdtemp(prefix=prefix,
-                                                                             dir=parent),
-                               "directory")
-        yield tmp
-        if os.path.lexists(dest):
-            raise ExportDirError("appeared while we worked; not replaced", dest)
-        os.rename(tmp, dest)
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_config(directory: str, cfg: ExportConfig) -> str:
     """Write ``config.ini`` (mode 0600) into ``directory``; returns its path."""
     path = os.path.join(directory, "config.ini")
@@ -331,57 +339,3 @@ def write_config(directory: str, cfg: ExportConfig) -> str:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     return path
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP (delivered when the block ends), so a temporary
-    file cannot be created and then lost to a Ctrl-C before its cleanup
-    is in place."""
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-@contextlib.contextmanager
-def staging_file(dest: str) -> Iterator[str]:
-    """A new empty temporary sibling file of ``dest``, put in place as ``dest``
-    on success: the file variant of :func:`staging` (for an OVA).
-
-    The sibling lives in ``dest``'s directory so the final step never
-    crosses file systems.  It is fsynced, then hard-linked to ``dest``:
-    link(2) fails if ``dest`` appeared meanwhile, where rename(2) would
-    silently replace it (rename is the fallback on file systems without
-    hard links).  On any exception, KeyboardInterrupt included, the sibling
-    is removed, so ``dest`` appears complete or not at all.  Mode 0600:
-    the file holds guest data.
-    """
-    _refuse_existing(dest)
-    tmp: str | None = None
-    try:
-        with _signals_held():
-            tmp = _new_sibling(dest, _mkstemp, "file")
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, dest)
-        except FileExistsError:
-            raise ExportDirError("appeared while we worked; not replaced", dest) from None
-        except OSError:
-            if os.path.lexists(dest):
-                raise ExportDirError("appeared while we worked; not replaced", dest) from None
-            os.rename(tmp, dest)
-        else:
-            os.unlink(tmp)
-    except BaseException:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        raise

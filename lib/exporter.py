@@ -3,9 +3,10 @@ the export workflow.
 
 Order matters, as in the importer: config.ini and every dump are checked
 (names, links, sizes, content) and free space is estimated *before*
-anything is written (:mod:`exportplan`); output goes to a staging sibling
-that is renamed at the very end, or removed on any error, Ctrl-C included
-(:mod:`pkgwriter`).  Each disk is read once and encoded straight into its
+anything is written (:mod:`exportplan`); output goes to a locked 0700
+staging directory beside it, put in place at the very end or removed on
+any error, Ctrl-C included, and cleared by the next run after a SIGKILL
+(:mod:`staging`, :mod:`pkgwriter`).  Each disk is read once and encoded straight into its
 package file or OVA member with its digest (:mod:`diskencode`); no
 temporary copy of a disk is made in any format or layout.
 
@@ -46,6 +47,7 @@ from .exportplan import (
 from .model import Envelope
 from .ovawriter import NAME_MAX
 from .pkgwriter import DirPackage, OvaPackage, signer, write_package
+from .sparse import write_error
 
 __all__ = [
     "ExportRequest",
@@ -154,7 +156,7 @@ def export_config(cfg: ExportConfig, dumps: Sequence[str | None], output_dir: st
     try:
         files = write_package(writer, plans, env_for, req, names, sig, progress, config)
     except OSError as e:
-        raise PackageError(f"cannot write: {e.strerror or e}", e.filename or dest) from e
+        raise write_error(e, e.filename or dest) from e
     ovf = os.path.join(dest, names["ovf"]) if not req.ova else names["ovf"]
     return ExportResult(path=dest, descriptor=ovf, files=tuple(files),
                         warnings=tuple(warnings))

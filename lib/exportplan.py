@@ -11,7 +11,6 @@ then read only up to the disk size (:func:`sparse.open_source`).
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import stat
@@ -23,7 +22,7 @@ from . import diskformats, integrity
 from . import disks as diskmod
 from .descriptor.writer import VERSIONS, write_descriptor
 from .errors import DescriptorError, DiskImageError, ExportDirError, UsageError
-from .exportdir import MIB, ExportConfig, ExportDisk, check_instance_name
+from .exportdir import MIB, ExportConfig, ExportDisk, check_instance_name, open_input
 from .model import (
     ByteRange,
     Disk,
@@ -136,19 +135,9 @@ def check_dump(export_dir: str, disk: ExportDisk, index: int, *, os_name: str,
     if not name or "/" in name or "\0" in name or name in (".", ".."):
         raise ExportDirError(f"{what} is not a file name inside the export directory", config)
     path = os.path.join(export_dir, name)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise ExportDirError(f"{what}: no such file in the export directory", config) from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise ExportDirError(f"{what} is a symbolic link; dumps are read from the "
-                                 "export directory itself", config) from None
-        raise ExportDirError(f"{what}: cannot read: {e.strerror}", config) from e
+    fd = open_input(path, what, config, missing="no such file in the export directory")
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ExportDirError(f"{what} is not a regular file", config)
         head = os.pread(fd, 1024, 0)
     finally:
         os.close(fd)
@@ -201,7 +190,8 @@ def allocated(path: str) -> int:
 def byte_size(path: str) -> int:
     """Size of a regular file or a block device (whose st_size is 0)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: a FIFO must not hang us (it then fails the seek).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         try:
             return os.lseek(fd, 0, os.SEEK_END)
         finally:
@@ -234,11 +224,19 @@ def package_name(cfg: ExportConfig, req: ExportRequest, config: str) -> str:
 
 
 def read_pem(path: str, what: str) -> bytes:
+    """The operator's key or certificate (links followed: their own files),
+    a regular file; a FIFO in its place must not hang the export."""
     try:
-        with open(path, "rb") as f:
-            return f.read(1 << 20)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise UsageError(f"cannot read the {what}: {e.strerror}", path) from e
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"the {what} is not a regular file", path)
+        try:
+            return f.read(1 << 20)
+        except OSError as e:
+            raise UsageError(f"cannot read the {what}: {e.strerror}", path) from e
 
 
 def _int_param(cfg: ExportConfig, key: str, config: str) -> int:

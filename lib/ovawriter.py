@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import PackageError
-from .sparse import all_zero, pwrite_all
+from .sparse import all_zero, pwrite_all, write_error
 
 __all__ = [
     "BLOCK",
@@ -217,7 +217,7 @@ class OvaWriter:
             os.ftruncate(self._fd, end)  # the end blocks are zeros: holes
             os.fsync(self._fd)
         except OSError as e:
-            raise PackageError(f"cannot write: {e.strerror}", self.path) from e
+            raise write_error(e, self.path) from e
         finally:
             os.close(self._fd)
             self._fd = -1

@@ -8,7 +8,8 @@ written once, here.  A layout only says where bytes go:
 
 * :class:`DirPackage` -- files in a staging directory renamed into place
   at the end; zero runs written as holes.
-* :class:`OvaPackage` -- members of one tar in a staging file.  DSP0243
+* :class:`OvaPackage` -- members of one tar in a file of a staging
+  directory (:mod:`staging`), linked into place at the end.  DSP0243
   puts the descriptor, manifest and certificate *first* in an OVA, yet
   they describe and digest the disks written after them, so their members
   are reserved up front (:mod:`ovawriter`) and filled at the end: the

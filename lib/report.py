@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from . import diskformats
+from . import diskformats, trust
 from . import disks as diskmod
-from . import trust
 from .errors import OvfError
 from .importer import check_package, load_envelope
 from .inspection import inspect_disks

@@ -24,6 +24,7 @@ import stat
 from collections.abc import Iterator
 
 from .errors import DiskImageError, PackageError
+from .staging import no_space
 
 __all__ = [
     "BUF",
@@ -37,6 +38,7 @@ __all__ = [
     "all_zero",
     "zeros",
     "pwrite_all",
+    "write_error",
     "SparseFile",
 ]
 
@@ -56,10 +58,16 @@ def open_source(path: str, size: int, label: str) -> int:
     try:
         # No O_NOFOLLOW: an instance's disk is a link (/dev/VG/LV); dumps
         # of an export directory were checked not to be links.
-        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO in its place must not hang us (refused below).
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise DiskImageError(f"cannot read: {e.strerror}", label) from e
     try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            os.close(fd)
+            raise DiskImageError("is neither a regular file nor a block device", label)
+        os.set_blocking(fd, True)
         have = byte_size(fd)
     except OSError as e:
         os.close(fd)
@@ -203,7 +211,15 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int, path:
             view = view[n:]
             offset += n
     except OSError as e:
-        raise PackageError(f"cannot write: {e.strerror}", path) from e
+        raise write_error(e, path) from e
+
+
+def write_error(e: OSError, path: str) -> PackageError:
+    """The one line for a failed write of ``path``: a full file system is
+    named by its mount point."""
+    full = no_space(e, path, PackageError)
+    return full if isinstance(full, PackageError) else \
+        PackageError(f"cannot write: {e.strerror}", path)
 
 
 class SparseFile:
@@ -215,7 +231,8 @@ class SparseFile:
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise PackageError(f"cannot create: {e.strerror}", path) from e
+            raise no_space(e, path, PackageError) or \
+                PackageError(f"cannot create: {e.strerror}", path) from e
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         n = len(data)
@@ -230,7 +247,7 @@ class SparseFile:
                 os.ftruncate(self._fd, self.size)
                 os.fsync(self._fd)
             except OSError as e:
-                raise PackageError(f"cannot write: {e.strerror}", self.path) from e
+                raise write_error(e, self.path) from e
             finally:
                 os.close(self._fd)
                 self._fd = -1
