@@ -51,7 +51,8 @@ from .model import (
     GanetiNic,
     VirtualSystem,
 )
-from .package import Member, Package, open_package
+from .package import Package, open_package
+from .packagecheck import PackageCheck, check_package
 from .progress import meter
 
 __all__ = [
@@ -105,167 +106,11 @@ class ImportRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class PackageCheck:
-    """What integrity checking found (for ``info`` and ``verify``)."""
-
-    manifest: str | None = None  # member name, if any
-    algorithms: tuple[str, ...] = ()
-    verified: tuple[str, ...] = ()  # files whose digest matched
-    certificate: integrity.CertInfo | None = None
-    trust: trust.Verdict | None = None  # does the signer chain to a trusted certificate
-    certificate_name: str | None = None  # the .cert member
-    problems: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-    deferred: tuple[integrity.ManifestEntry, ...] = ()  # digests left to the caller
-
-
-@dataclass(frozen=True, slots=True)
 class ImportResult:
     path: str
     config: ExportConfig
     warnings: tuple[str, ...] = ()
     trusted_signer: str | None = None  # the line naming the anchor, if the signer chains
-
-
-MAX_MANIFEST_SIZE = 4 << 20
-"""Manifests and certificates larger than this are refused (real ones are
-kilobytes; VirtualBox pads certificates to 100 KiB)."""
-
-
-def _small_member(pkg: Package, m, what: str) -> bytes:
-    if m.size > MAX_MANIFEST_SIZE:
-        raise IntegrityError(f"{what} {m.name!r} is {m.size} bytes; refusing more than "
-                             f"{MAX_MANIFEST_SIZE}", pkg.path)
-    return m.byte_range().read(0, m.size)
-
-
-def check_package(pkg: Package, env: Envelope | None = None, *,
-                  collect: bool = False, defer: frozenset[str] = frozenset(),
-                  store: trust.TrustStore | None = None,
-                  require_signature: bool = False) -> PackageCheck:
-    """Verify the manifest and certificate.
-
-    A manifest must list every file the descriptor references (each chunk
-    of a chunked file), and its digests must match; a certificate must
-    sign the manifest (a certificate without a manifest protects nothing
-    and is refused).  With ``collect`` every problem is returned
-    (``verify``); otherwise the first one raises IntegrityError.  Digests
-    of the members named in ``defer`` are not computed here but returned
-    as ``deferred``: the importer checks them while it converts.
-
-    A signature that verifies is then judged against ``store`` (default:
-    the system's CA bundle): ``trust`` says whether the signer chains to a
-    trusted certificate.  With ``require_signature`` an unsigned package,
-    or one whose signer does not chain, is a problem.
-    """
-    problems: list[str] = []
-
-    def problem(msg: str) -> None:
-        if not collect:
-            raise IntegrityError(msg, pkg.path)
-        problems.append(msg)
-
-    mf = pkg.sibling(".mf")
-    cm = pkg.sibling(".cert")
-    if mf is None:
-        if cm is not None:
-            problem(f"certificate {cm.name!r} but no manifest {_stem(pkg) + '.mf'!r} for it "
-                    "to sign")
-        elif require_signature:
-            problem("the package is not signed (no manifest, no certificate) and "
-                    "--require-signature is given")
-        return PackageCheck(problems=tuple(problems))
-    mf_bytes = _small_member(pkg, mf, "manifest")
-    manifest = integrity.parse_manifest(mf_bytes, path=mf.label or mf.name, allow_empty=True)
-    if not manifest.entries:
-        if cm is not None:
-            problem(f"manifest {mf.name!r} lists no files, yet certificate {cm.name!r} signs "
-                    "it: a signature that protects nothing is refused")
-            return PackageCheck(manifest=mf.name, problems=tuple(problems))
-        # ovftool 4.0 writes these and VirtualBox imports them: no manifest.
-        return PackageCheck(manifest=mf.name, warnings=(
-            f"manifest {mf.name!r} lists no files; nothing is protected, as without one",))
-    listed = _listed_members(pkg, manifest, problem)
-    verified, deferred = _check_digests(pkg, listed, defer, problem)
-    warnings = []
-    if pkg.descriptor_name not in listed:
-        # VirtualBox 5.0 wrote manifests like this; the descriptor then
-        # goes unchecked, which the operator should know.
-        warnings.append(f"manifest does not list the descriptor {pkg.descriptor_name!r}; "
-                        "it is not protected by the manifest")
-    for ref in env.files if env is not None else ():
-        try:
-            members = pkg.file_members(ref)
-        except PackageError:
-            continue  # reported where the file is used
-        for m in members:
-            if m.name not in listed:
-                problem(f"manifest does not list {m.name!r}: its content is not protected")
-    cert = verdict = None
-    if cm is not None:
-        cert, verdict = signer.check_signature(
-            _small_member(pkg, cm, "certificate"), mf.name, mf_bytes, store, problem,
-            require_signature=require_signature, path=pkg.path)
-    elif require_signature:
-        problem(f"the package is not signed (no certificate {_stem(pkg) + '.cert'!r}) "
-                "and --require-signature is given")
-    return PackageCheck(
-        manifest=mf.name,
-        algorithms=tuple(sorted({e.algorithm for e in manifest.entries})),
-        verified=tuple(verified), certificate=cert, trust=verdict,
-        certificate_name=cm.name if cm is not None else None, problems=tuple(problems),
-        warnings=tuple(warnings), deferred=tuple(deferred),
-    )
-
-
-def _listed_members(pkg: Package, manifest: integrity.Manifest, problem: Callable[[str], None]
-                    ) -> dict[str, tuple[integrity.ManifestEntry, Member]]:
-    """The member each manifest entry names, by member name.
-
-    Spellings that name one member (``d``, ``./d``, ``.\\d``, ``d%2E``...)
-    are refused: the first would be checked, a reader might use another,
-    and thousands of them would hash one disk thousands of times.
-    """
-    listed: dict[str, tuple[integrity.ManifestEntry, Member]] = {}
-    for entry in manifest.entries:
-        try:
-            m = pkg.get(entry.filename)
-        except PackageError:
-            problem(f"manifest lists {entry.filename!r}, which is not in the package")
-            continue
-        first = listed.get(m.name)
-        if first is not None:
-            problem(f"manifest lists {m.name!r} twice, as {first[0].filename!r} and "
-                    f"{entry.filename!r}")
-            continue
-        listed[m.name] = (entry, m)
-    return listed
-
-
-def _check_digests(pkg: Package, listed: dict[str, tuple[integrity.ManifestEntry, Member]],
-                   defer: frozenset[str], problem: Callable[[str], None]
-                   ) -> tuple[list[str], list[integrity.ManifestEntry]]:
-    """Digest each listed member once: (names that matched, entries deferred)."""
-    verified = []
-    deferred = []
-    for name, (entry, m) in listed.items():
-        if name in defer:
-            deferred.append(entry)
-            continue
-        try:
-            got = integrity.digest_file(m.container, entry.algorithm, m.offset, m.size)
-        except OvfError as e:  # name the member, not /proc/self/fd/N
-            raise type(e)(f"{entry.filename!r}: {e.problem}", pkg.path) from e
-        if got != entry.digest:
-            problem(f"{entry.algorithm} digest of {entry.filename!r} does not match the "
-                    f"manifest (got {got}, manifest says {entry.digest})")
-        else:
-            verified.append(entry.filename)
-    return verified, deferred
-
-
-def _stem(pkg: Package) -> str:
-    return pkg.descriptor_name.rsplit(".", 1)[0]
 
 
 def load_envelope(pkg: Package, *, configuration: str | None = None) -> Envelope:
@@ -314,17 +159,7 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
     """
     warnings: list[str] = list(env.warnings)
     gnt = vs.ganeti
-    # Name
-    if req.name is not None:
-        name = check_instance_name(req.name, path=path)
-    else:
-        derived = _safe_name(vs.name) or _safe_name(vs.system_id)
-        if derived is None:
-            raise UsageError("the package names no instance; give one with -n/--name", path)
-        name = check_instance_name(derived, path=path)
-        if derived != (vs.name or vs.system_id):
-            warnings.append(f"instance name {vs.name or vs.system_id!r} used as {derived!r}")
-    # OS
+    name = _plan_name(vs, req, warnings, path)
     os_wanted = req.os_name or (gnt.os_name if gnt else None)
     os_name = oslist.validate_os(os_wanted, search_path=req.os_search_path,
                                  use_cluster=req.use_cluster, path=path)
@@ -337,7 +172,39 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
         else:
             ignored.append(f"OS parameters {', '.join(sorted(gnt.os_params))}")
     os_params.update(req.os_params)
-    # Backend
+    backend = _plan_backend(vs, req, path)
+    hypervisor, hv_params = _plan_hypervisor(gnt, req, ignored)
+    template = req.disk_template or (gnt.disk_template if gnt else None)
+    plan = _plan_disks(vs, req, template, warnings, path)
+    nics = _plan_nics(vs, req, gnt, warnings, path, ignored)
+    if ignored:
+        warnings.append(f"the package's Ganeti section sets {'; '.join(ignored)}: not "
+                        "applied (they reach the host or its networks; "
+                        "--trust-ganeti-section applies them)")
+    tags = tuple(req.tags) if req.tags else (gnt.tags if gnt else ())
+    cfg = ExportConfig(
+        name=name, os=os_name, disks=(), nics=nics, disk_template=template,
+        hypervisor=hypervisor, tags=tags, backend=backend, hv_params=hv_params,
+        os_params=os_params, source=_printable(os.path.basename(path)),
+    )
+    return cfg, plan, warnings
+
+
+def _plan_name(vs: VirtualSystem, req: ImportRequest, warnings: list[str], path: str) -> str:
+    if req.name is not None:
+        return check_instance_name(req.name, path=path)
+    derived = _safe_name(vs.name) or _safe_name(vs.system_id)
+    if derived is None:
+        raise UsageError("the package names no instance; give one with -n/--name", path)
+    name = check_instance_name(derived, path=path)
+    if derived != (vs.name or vs.system_id):
+        warnings.append(f"instance name {vs.name or vs.system_id!r} used as {derived!r}")
+    return name
+
+
+def _plan_backend(vs: VirtualSystem, req: ImportRequest, path: str) -> dict[str, str]:
+    """Backend parameters: -B, then the package's section, then the OVF hardware."""
+    gnt = vs.ganeti
     backend: dict[str, str] = {}
     if gnt:
         # Resource sizes and placement hints only: nothing here reaches
@@ -359,8 +226,13 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
     _consistent_memory(backend, req.backend)
     _refuse_unusable(vs, backend, path)
     _check_package_sizes(vs, backend, req.backend, path)
-    # Hypervisor
+    return backend
+
+
+def _plan_hypervisor(gnt, req: ImportRequest, ignored: list[str]
+                     ) -> tuple[str | None, dict[str, str]]:
     hypervisor = req.hypervisor
+    trusted = req.trust_ganeti_section
     if hypervisor is None and gnt and gnt.hypervisor:
         # Which hypervisor runs the guest (chroot, lxc, ...) is the host's
         # business: the package's choice applies only when trusted.
@@ -378,9 +250,11 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
         else:
             ignored.append(f"hypervisor parameters {', '.join(sorted(gnt.hv_params))}")
     hv_params.update(req.hv_params)
-    # Disk template
-    template = req.disk_template or (gnt.disk_template if gnt else None)
-    # Disks
+    return hypervisor, hv_params
+
+
+def _plan_disks(vs: VirtualSystem, req: ImportRequest, template: str | None,
+                warnings: list[str], path: str) -> list[tuple[Disk | None, int]]:
     plan: list[tuple[Disk | None, int]] = []
     if template == "diskless":
         if vs.disks:
@@ -388,40 +262,28 @@ def plan_config(env: Envelope, vs: VirtualSystem, req: ImportRequest, *,
                             "package not imported")
         if req.disk_sizes:
             raise UsageError("--disk cannot be used with disk template 'diskless'", path)
-    else:
-        count = max([len(vs.disks)] + [i + 1 for i in req.disk_sizes])
-        for i in range(count):
-            src = vs.disks[i] if i < len(vs.disks) else None
-            size = req.disk_sizes.get(i)
-            if size is None and src is not None and src.capacity_problem:
-                # Not replaced by the image's size: the package asked for a
-                # capacity, and what it meant is unknown.
-                raise DescriptorError(f"disk {src.disk_id!r}: {src.capacity_problem}; give "
-                                      f"its size with --disk {i}:size=SIZE", path)
-            if size is None:
-                if src is None:
-                    raise UsageError(f"--disk: disk {i} is not in the package, and disks "
-                                     "before it need a size too", path)
-                if src.capacity is None and src.file_ref is None:
-                    raise UsageError(f"disk {src.disk_id!r} has neither capacity nor file; "
-                                     f"give its size with --disk {i}:size=SIZE", path)
-                size = src.capacity or 0  # 0: taken from the image
-            plan.append((src, size))
-        if len(plan) > MAX_DISKS:
-            raise UsageError(f"{len(plan)} disks; Ganeti allows at most {MAX_DISKS}", path)
-    # NICs
-    nics = _plan_nics(vs, req, gnt, warnings, path, ignored)
-    if ignored:
-        warnings.append(f"the package's Ganeti section sets {'; '.join(ignored)}: not "
-                        "applied (they reach the host or its networks; "
-                        "--trust-ganeti-section applies them)")
-    tags = tuple(req.tags) if req.tags else (gnt.tags if gnt else ())
-    cfg = ExportConfig(
-        name=name, os=os_name, disks=(), nics=nics, disk_template=template,
-        hypervisor=hypervisor, tags=tags, backend=backend, hv_params=hv_params,
-        os_params=os_params, source=_printable(os.path.basename(path)),
-    )
-    return cfg, plan, warnings
+        return plan
+    count = max([len(vs.disks)] + [i + 1 for i in req.disk_sizes])
+    for i in range(count):
+        src = vs.disks[i] if i < len(vs.disks) else None
+        size = req.disk_sizes.get(i)
+        if size is None and src is not None and src.capacity_problem:
+            # Not replaced by the image's size: the package asked for a
+            # capacity, and what it meant is unknown.
+            raise DescriptorError(f"disk {src.disk_id!r}: {src.capacity_problem}; give "
+                                  f"its size with --disk {i}:size=SIZE", path)
+        if size is None:
+            if src is None:
+                raise UsageError(f"--disk: disk {i} is not in the package, and disks "
+                                 "before it need a size too", path)
+            if src.capacity is None and src.file_ref is None:
+                raise UsageError(f"disk {src.disk_id!r} has neither capacity nor file; "
+                                 f"give its size with --disk {i}:size=SIZE", path)
+            size = src.capacity or 0  # 0: taken from the image
+        plan.append((src, size))
+    if len(plan) > MAX_DISKS:
+        raise UsageError(f"{len(plan)} disks; Ganeti allows at most {MAX_DISKS}", path)
+    return plan
 
 
 def _consistent_memory(backend: dict[str, str], given: Mapping[str, str]) -> None:

@@ -13,10 +13,11 @@ from typing import Any
 from . import diskformats, trust
 from . import disks as diskmod
 from .errors import OvfError
-from .importer import check_package, load_envelope
+from .importer import load_envelope
 from .inspection import inspect_disks
 from .model import Disk, Envelope, VirtualSystem
 from .package import Package, open_package
+from .packagecheck import check_package
 
 __all__ = ["package_info", "info_text", "verify_package", "verify_report"]
 
