@@ -110,7 +110,7 @@ def export_config(cfg: ExportConfig, dumps: Sequence[str | None], output_dir: st
     if cfg.os_params_private:
         warnings.append(f"private OS parameters ({', '.join(sorted(cfg.os_params_private))}) "
                         "are not exported; give them again when importing")
-    ext = {"vmdk": "vmdk", "qcow2": "qcow2", "raw": "raw"}[req.disk_format]
+    ext = req.disk_format  # the file extension is the format alias
     plans: list[DiskPlan] = []
     for i, d in enumerate(cfg.disks):
         if d.size <= 0:

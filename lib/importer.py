@@ -41,7 +41,7 @@ from .exportdir import (
     staging,
     write_config,
 )
-from .inspection import DiskInspection, inspect_disk
+from .inspection import DiskInspection, inspect_package
 from .model import (
     MAX_MEMORY,
     MAX_VCPUS,
@@ -528,20 +528,24 @@ def import_package(package: str, output_dir: str, req: ImportRequest = ImportReq
     store = trust.load_store(req.trusted_certs, req.ca_bundle) if req.verify else None
     with open_package(package) as pkg:
         env = load_envelope(pkg, configuration=req.configuration)
-        deferred: tuple[integrity.ManifestEntry, ...] = ()
+        vs = choose_system(env, req.vsys, path=package)
+        cfg, plan, warnings = plan_config(env, vs, req, path=package)
+        found = inspect_package(pkg, env, plan, verify=req.verify, defer=_file_names(pkg, env),
+                                store=store, require_signature=req.require_signature)
+        check = found.check
         trusted_line = None
-        if req.verify:
-            check = check_package(pkg, env, defer=_file_names(pkg, env), store=store,
-                                  require_signature=req.require_signature)
-            deferred = check.deferred
+        if check is not None:
             for w in check.warnings:
                 log.warning("%s: %s", package, w)
             trusted_line = signer.report_signer(package, check.certificate, check.trust,
                                                 check.certificate_name)
-        digests = _Digests(pkg, deferred)
+        for w in warnings:
+            log.warning("%s: %s", package, w)
+        digests = _Digests(pkg, check.deferred if check is not None else ())
         try:
             try:
-                result = _convert(pkg, env, package, output_dir, req, digests, progress)
+                result = _convert(pkg, vs, cfg, found.disks, warnings, output_dir, digests,
+                                  progress)
                 return dataclasses.replace(result, trusted_signer=trusted_line)
             except OvfError:
                 digests.check()  # a mismatch is the better explanation
@@ -550,13 +554,9 @@ def import_package(package: str, output_dir: str, req: ImportRequest = ImportReq
             digests.close()
 
 
-def _convert(pkg: Package, env: Envelope, package: str, output_dir: str, req: ImportRequest,
+def _convert(pkg: Package, vs: VirtualSystem, cfg: ExportConfig,
+             jobs: Sequence[DiskInspection], warnings: list[str], output_dir: str,
              digests: _Digests, progress: Callable[[str], None]) -> ImportResult:
-    vs = choose_system(env, req.vsys, path=package)
-    cfg, plan, warnings = plan_config(env, vs, req, path=package)
-    for w in warnings:
-        log.warning("%s: %s", package, w)
-    jobs = [inspect_disk(pkg, disk, size, i) for i, (disk, size) in enumerate(plan)]
     names = gnt_disk_names(vs)
     # Everything config.ini will hold is known now: refuse what it cannot
     # hold (control characters, too many disks) before converting.

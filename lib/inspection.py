@@ -1,4 +1,10 @@
-"""Package inspection: what ``verify`` and ``import`` both do to each disk.
+"""Package inspection: what ``verify`` and ``import`` both do before anything
+is written.
+
+:func:`inspect_package` is that one step: the integrity check
+(:func:`ganeti_ovf.packagecheck.check_package`: manifest, certificate,
+trust) and every disk's inspection, returned as one typed
+:class:`PackageInspection` that the conversion takes as it is.
 
 :func:`inspect_disk` checks one disk of a plan -- the File's size against
 References, the stream bound, the format from content against the declared
@@ -14,11 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import disks as diskmod
-from .errors import OvfError, PackageError, UsageError
-from .model import ByteRange, Disk, FileRef
+from . import integrity, trust
+from .errors import IntegrityError, OvfError, PackageError, UsageError
+from .model import ByteRange, Disk, Envelope, FileRef
 from .package import Package
+from .packagecheck import PackageCheck, check_package
 
-__all__ = ["DiskInspection", "inspect_disk", "inspect_disks"]
+__all__ = ["DiskInspection", "PackageInspection", "inspect_disk", "inspect_disks",
+           "inspect_package"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +99,54 @@ def inspect_disks(pkg: Package, disks: Sequence[Disk]) -> tuple[list[DiskInspect
             if disk.file_ref is None or pkg.member(disk.file_ref.href) is not None:
                 problems.append(e.problem)
     return done, problems
+
+
+@dataclass(frozen=True, slots=True)
+class PackageInspection:
+    """Everything established about a package before anything is written."""
+
+    check: PackageCheck | None  # None: --no-verify
+    disks: tuple[DiskInspection, ...]
+    problems: tuple[str, ...] = ()  # disk problems, when collected (verify)
+
+
+def inspect_package(pkg: Package, env: Envelope,
+                    plan: Sequence[tuple[Disk | None, int]] | None = None, *,
+                    verify: bool = True, collect: bool = False,
+                    defer: frozenset[str] = frozenset(),
+                    store: trust.TrustStore | None = None,
+                    require_signature: bool = False) -> PackageInspection:
+    """Check integrity, then inspect each disk.
+
+    ``plan`` is the import's (disk, size) list; None inspects every Disk at
+    its declared capacity without counting data (``verify``, ``info``).
+    With ``collect`` every problem is returned rather than the first
+    raised.  Digests of the members in ``defer`` are left to the caller
+    (the importer takes them while converting); should a disk's inspection
+    fail meanwhile, those digests are taken first, since a mismatch is the
+    better explanation of a damaged image.
+    """
+    check = None
+    if verify:
+        check = check_package(pkg, env, collect=collect, defer=defer, store=store,
+                              require_signature=require_signature)
+    if plan is None:
+        disks, problems = inspect_disks(pkg, env.disks)
+        return PackageInspection(check, tuple(disks), tuple(problems))
+    try:
+        jobs = tuple(inspect_disk(pkg, d, size, i) for i, (d, size) in enumerate(plan))
+    except OvfError:
+        if check is not None:
+            _check_deferred(pkg, check.deferred)
+        raise
+    return PackageInspection(check, jobs)
+
+
+def _check_deferred(pkg: Package, entries: Sequence[integrity.ManifestEntry]) -> None:
+    for entry in entries:
+        m = pkg.get(entry.filename)
+        got = integrity.digest_file(m.container, entry.algorithm, m.offset, m.size)
+        if got != entry.digest:
+            raise IntegrityError(
+                f"{entry.algorithm} digest of {entry.filename!r} does not match the "
+                f"manifest (got {got}, manifest says {entry.digest})", pkg.path)

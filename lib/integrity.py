@@ -25,9 +25,11 @@ offending text in repr.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import (
     padding,
     rsa,
 )
+from cryptography.utils import CryptographyDeprecationWarning
 
 from .errors import IntegrityError, PackageError, UsageError
 
@@ -341,6 +344,17 @@ class CertInfo:
     key: str
 
 
+@contextlib.contextmanager
+def quiet_parsing() -> Iterator[None]:
+    """cryptography warns (on stderr) about certificates it will refuse one
+    day, e.g. the non-positive serial numbers of some CAs in Debian's
+    store: not the operator's business on every run; a certificate that
+    matters is judged by the chain check, not by such warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        yield
+
+
 def _load_certificates(pem: bytes) -> tuple[list[x509.Certificate], bytes]:
     """Every complete PEM certificate in ``pem``, and the bytes around them.
 
@@ -354,7 +368,8 @@ def _load_certificates(pem: bytes) -> tuple[list[x509.Certificate], bytes]:
         if end < 0:
             break
         end += len(_PEM_END)
-        certs.append(x509.load_pem_x509_certificate(pem[start:end]))
+        with quiet_parsing():
+            certs.append(x509.load_pem_x509_certificate(pem[start:end]))
         rest.append(pem[pos:start])
         pos = end
     rest.append(pem[pos:])

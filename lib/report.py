@@ -14,7 +14,7 @@ from . import diskformats, trust
 from . import disks as diskmod
 from .errors import OvfError
 from .importer import load_envelope
-from .inspection import inspect_disks
+from .inspection import inspect_package
 from .model import Disk, Envelope, VirtualSystem
 from .package import Package, open_package
 from .packagecheck import check_package
@@ -265,15 +265,16 @@ def _verify(pkg: Package, store: trust.TrustStore | None = None,
                             f"{ref.size}")
         else:
             checked.append(f"file {ref.href} present ({stored} bytes)")
-    inspected, disk_problems = inspect_disks(pkg, env.disks)
-    problems.extend(p for p in disk_problems if p not in problems)  # sizes: said above
+    found = inspect_package(pkg, env, collect=True, store=store,
+                            require_signature=require_signature)
+    check = found.check
+    assert check is not None  # verify always checks integrity
+    problems.extend(p for p in found.problems if p not in problems)  # sizes: said above
     checked.extend(f"image {d.ref.href} is {d.fmt}, {d.info.virtual_size} bytes, safe"
-                   for d in inspected if d.ref is not None and d.info is not None)
+                   for d in found.disks if d.ref is not None and d.info is not None)
     extra = [n for n in pkg.names() if n not in referenced]
     if pkg.kind == "ova":
         problems.extend(f"member {n!r} is not referenced by the descriptor" for n in extra)
-    check = check_package(pkg, env, collect=True, store=store,
-                          require_signature=require_signature)
     problems.extend(check.problems)
     if check.manifest:
         checked.append(f"manifest {check.manifest}: {len(check.verified)} digest(s) match"

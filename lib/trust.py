@@ -35,7 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, ObjectIdent
 from cryptography.x509.oid import SignatureAlgorithmOID as Sig
 
 from .errors import UsageError
-from .integrity import parse_certificate_file
+from .integrity import parse_certificate_file, quiet_parsing
 
 __all__ = [
     "MAX_CHAIN",
@@ -156,10 +156,11 @@ def _read_pem_file(path: str, what: str, *, strict: bool = True) -> list[x509.Ce
         if len(certs) >= MAX_BUNDLE_CERTS:
             raise UsageError(f"{what}: more than {MAX_BUNDLE_CERTS} certificates", path)
         try:
-            cert = x509.load_pem_x509_certificate(data[start:end])
-            cert.subject.rfc4514_string()
-            cert.issuer.rfc4514_string()
-            cert.extensions  # noqa: B018 - parsed lazily: fail here, not mid-search
+            with quiet_parsing():
+                cert = x509.load_pem_x509_certificate(data[start:end])
+                cert.subject.rfc4514_string()
+                cert.issuer.rfc4514_string()
+                cert.extensions  # noqa: B018 - parsed lazily: fail here, not mid-search
             certs.append(cert)
         except _LAZY_PARSE_ERRORS as e:
             if strict:

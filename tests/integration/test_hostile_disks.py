@@ -17,7 +17,7 @@ from make_fixtures import Appliance, DiskSpec
 
 from ganeti_ovf import disks as diskmod
 from ganeti_ovf import report
-from ganeti_ovf.errors import DiskImageError
+from ganeti_ovf.errors import DiskImageError, IntegrityError
 from ganeti_ovf.importer import ImportRequest, import_package
 from ganeti_ovf.model import ByteRange
 
@@ -425,3 +425,36 @@ def test_finding4_vmdk_in_a_small_ova_fails_fast(build, tmp_path, os_path):
     assert res.returncode != 0 and took < 10, (res.stderr, took)
     assert "VMDK grain size of 1 sectors" in res.stderr, res.stderr
     assert peak < 200 * 1024, peak
+
+
+def test_verify_and_import_share_one_package_inspection(build, tmp_path, os_path, mocker):
+    """Both commands establish what they know through inspect_package, and
+    import converts from its result."""
+    from ganeti_ovf import importer, inspection
+    assert report.inspect_package is importer.inspect_package is inspection.inspect_package
+    ovf, _ = build(Appliance(name="one", disks=[DiskSpec(MIB, "qcow2")]), ova=False)
+    seen = mocker.spy(report, "inspect_package")
+    problems, _ = report.verify_package(str(ovf))
+    assert problems == [] and seen.call_count == 1
+    spy = mocker.spy(importer, "inspect_package")
+    res = import_package(str(ovf), str(tmp_path / "o"), req(os_path))
+    assert spy.call_count == 1
+    found = spy.spy_return
+    assert found.check is not None and found.check.deferred  # digests taken while converting
+    assert [d.fmt for d in found.disks] == ["qcow2"]
+    assert res.config.disks[0].size == found.disks[0].size
+
+
+def test_damaged_image_is_explained_by_its_digest(build, tmp_path, os_path):
+    """An image damaged after the package was made fails its inspection;
+    the digest mismatch, the better explanation, is what the operator sees."""
+    pkg, _ = build(Appliance(name="dmg", disks=[DiskSpec(2 * MIB, "qcow2")]), ova=False)
+    disk = next(Path(pkg).parent.glob("dmg-disk1.*"))
+    data = bytearray(disk.read_bytes())
+    data[4:8] = b"\xff\xff\xff\xff"  # qcow2 version: qemu-img info refuses it
+    disk.write_bytes(bytes(data))
+    out = tmp_path / "o"
+    out.mkdir()
+    with pytest.raises(IntegrityError, match=r"digest of 'dmg-disk1\.qcow2' does not match"):
+        import_package(pkg, str(out), req(os_path))
+    assert os.listdir(out) == []
