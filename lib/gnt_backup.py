@@ -32,15 +32,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 
 from . import ganeti_env
+from . import staging as stage
 from .errors import ClusterError, OvfError
 
 __all__ = ["main", "real_gnt_backup", "undo_partial_import", "wants_extension"]
-
-STAGING_PREFIX = ".ovf-import-"
 
 
 def real_gnt_backup() -> str:
@@ -205,14 +203,15 @@ def ovf_import(original, cli, opts, args) -> int:
         cli.ToStderr("Warning: --no-verify: manifest and certificate are NOT checked")
     wanted_submit = opts.submit_only
     staging = None
+    lock: int | None = None
     job_id = None
     try:
         try:
             os.makedirs(export_root, mode=0o755, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=export_root)
         except OSError as e:
             raise ClusterError(f"cannot create a staging directory: {e.strerror}",
                                export_root) from e
+        staging, lock = stage.work_dir(export_root, "import")
         with Progress(lambda m: cli.ToStdout("%s", m)) as shown:  # meters on a tty
             result = import_package(opts.ovf, staging, req, progress=shown)
         if result.trusted_signer:
@@ -225,10 +224,13 @@ def ovf_import(original, cli, opts, args) -> int:
         except cli.errors.JobSubmittedException as e:
             job_id = e.args[0]
             # The foreground undoes a partial import itself, unless --submit.
-            _cleanup_after_job(job_id, staging, instance if wanted_submit else None)
+            _cleanup_after_job(job_id, staging, instance if wanted_submit else None, lock)
     finally:
         if job_id is None and staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None and (job_id is None or wanted_submit):
+            os.close(lock)  # with a job, the watcher holds the lock too
+            lock = None
     if wanted_submit:
         raise cli.errors.JobSubmittedException(job_id)
     try:
@@ -241,6 +243,8 @@ def ovf_import(original, cli, opts, args) -> int:
         # the watcher removes the directory when it does).
         if not _job_running(cli, job_id):
             shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
     undo_partial_import(cli, job_id, instance)
     return 0
 
@@ -272,7 +276,7 @@ def _job_running(cli, job_id) -> bool:
     return status not in ("success", "error", "canceled")
 
 
-def _cleanup_after_job(job_id, staging: str, undo_instance: str | None) -> None:
+def _cleanup_after_job(job_id, staging: str, undo_instance: str | None, lock: int) -> None:
     """Remove the staging dir once the submitted job has finished, from a
     detached process (the command itself returns at once with --submit);
     with ``undo_instance``, also remove that instance if its disks did not
@@ -281,8 +285,11 @@ def _cleanup_after_job(job_id, staging: str, undo_instance: str | None) -> None:
 
     argv = nodecmd.helper_argv("after-import", ganeti_env.gnt_command("gnt-job"), str(job_id),
                                staging, *([undo_instance] if undo_instance else []))
+    # The watcher inherits the staging directory's lock: while the job runs
+    # (and we may be gone), no later run takes the directory for stale.
     subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                     pass_fds=(lock,))
 
 
 def _wrap_export(original, cli):

@@ -47,10 +47,10 @@ from dataclasses import asdict
 
 from . import ganeti_env
 from .errors import ClusterError, OvfError
+from .staging import work_dir
 
-__all__ = ["EXPORT_STAGING_PREFIX", "helper_argv", "main", "node_argv"]
+__all__ = ["helper_argv", "main", "node_argv"]
 
-EXPORT_STAGING_PREFIX = ".ovf-export-"
 END_MEMBER = ".end-of-package"
 #: Exit status of a step whose output pipe broke: the next step's error is the one to show.
 DOWNSTREAM_GONE = 3
@@ -146,7 +146,7 @@ def _export_with(data: dict) -> int:
         return 0
     root = data.get("staging_root") or ganeti_env.export_dir()
     os.makedirs(root, mode=0o755, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=EXPORT_STAGING_PREFIX, dir=root)
+    staging, lock = work_dir(root, "export")
     try:
         result = export_config(cfg, paths, staging, req, progress=progress, label=label)
         _warn(result.warnings)
@@ -154,6 +154,7 @@ def _export_with(data: dict) -> int:
         sys.stdout.buffer.flush()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        os.close(lock)
     return 0
 
 

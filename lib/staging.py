@@ -44,6 +44,7 @@ __all__ = [
     "STAGING_PREFIX",
     "staging",
     "staging_file",
+    "work_dir",
     "clear_stale",
     "published",
     "reset_published",
@@ -233,6 +234,18 @@ def _new_stage(dest: str, parent: str) -> tuple[str, int]:
     finally:
         if guard is not None:
             os.close(guard)
+
+
+def work_dir(parent: str, label: str) -> tuple[str, int]:
+    """(path, locked descriptor) of a new 0700 working directory in
+    ``parent`` that is never published (gnt-backup's staging export, a
+    node's export before it is sent).  The caller removes it and closes the
+    descriptor; whoever holds the descriptor (a watcher it is passed to)
+    keeps the directory from being taken for stale.  What killed runs left
+    in ``parent`` is cleared first."""
+    clear_stale(parent)
+    with signals_held():
+        return _new_stage(os.path.join(parent, label), parent)
 
 
 def _refuse_existing(dest: str) -> None:

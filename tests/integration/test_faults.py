@@ -513,3 +513,48 @@ def test_output_directory_locked_by_another_program_does_not_hang(tmp_path):
         os.close(held)
     assert (p.returncode, err) == (0, "")
     assert sorted(os.listdir(out)) == [f"{PREFIX}dead.abcd1234", "qa-src.ova"]
+
+
+# ------------------------------------------------------------ gnt-backup's working dirs
+
+_HOLD = """
+import sys, time
+from ganeti_ovf import staging
+path, fd = staging.work_dir(sys.argv[1], sys.argv[2])
+print(path, flush=True)
+time.sleep(60)
+"""
+
+
+def _holder(parent: Path, label: str) -> tuple[subprocess.Popen, Path]:
+    p = subprocess.Popen([sys.executable, "-c", _HOLD, str(parent), label],
+                         stdout=subprocess.PIPE, text=True)
+    return p, Path(p.stdout.readline().strip())
+
+
+def test_work_dirs_of_killed_runs_go_live_ones_stay(tmp_path):
+    """gnt-backup import --ovf and a node's export work in locked 0700
+    directories in Ganeti's export dir: a SIGKILLed run's is removed by the
+    next run, one whose lock a live process (the job's watcher) holds is
+    not."""
+    root = tmp_path / "export"
+    root.mkdir()
+    dead, dead_dir = _holder(root, "import")
+    live, live_dir = _holder(root, "import")
+    try:
+        assert stat.S_IMODE(dead_dir.stat().st_mode) == 0o700
+        (dead_dir / "disk0").write_bytes(b"guest data")
+        dead.send_signal(signal.SIGKILL)
+        dead.wait()
+        path, fd = staging.work_dir(str(root), "export")
+        try:
+            assert not dead_dir.exists()
+            assert live_dir.is_dir() and Path(path).is_dir()
+            assert sorted(os.listdir(root)) == sorted([live_dir.name, Path(path).name])
+        finally:
+            shutil.rmtree(path)
+            os.close(fd)
+    finally:
+        live.kill()
+        live.wait()
+
