@@ -558,3 +558,58 @@ def test_work_dirs_of_killed_runs_go_live_ones_stay(tmp_path):
         live.kill()
         live.wait()
 
+
+
+# ------------------------------------------------------------ random faults
+
+_KINDS = {
+    "export-ova": lambda big, big_ova: ["export", "--ova", "--compress", str(big)],
+    "export-dir": lambda big, big_ova: ["export", "--compress", str(big)],
+    "import-ova": lambda big, big_ova: ["import", str(big_ova), "-o", "noop"],
+}
+_WHOLE = {"export-ova": "qa-src.ova", "export-dir": "qa-src", "import-ova": "qa-src"}
+
+
+# Seeds whose draws cover each command and each kind of signal (4: export-dir
+# SIGHUP, 6: import SIGINT, 7: export-ova SIGTERM, 11: export-ova SIGKILL,
+# 17: import SIGKILL); OVF_FAULT_SEEDS=a,b,... draws others.
+_SEEDS = [int(s) for s in os.environ.get("OVF_FAULT_SEEDS", "4,6,7,11,17").split(",")]
+
+
+@pytest.mark.parametrize("seed", _SEEDS)
+def test_random_signal_at_a_random_moment(big, big_ova, tmp_path, ganeti_env, seed):
+    """One of SIGINT/SIGTERM/SIGHUP/SIGKILL at a random moment (0-3 s) of a
+    random one of export --ova, export to a directory and import of an OVA.
+    Either the command ended first (exit 0, its output whole) or: exit 130
+    with the one line and an empty directory; after SIGKILL the next run
+    clears what was left, naming it.  Then a rerun succeeds, whole."""
+    import random
+    rnd = random.Random(seed)
+    kind = rnd.choice(sorted(_KINDS))
+    sig = rnd.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+    delay = rnd.uniform(0.0, 3.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [*_KINDS[kind](big, big_ova), "--output-dir", str(out), "-q"]
+    what = f"seed {seed}: {kind}, {sig.name} at {delay:.2f} s"
+    p = start(*argv, env=ganeti_env)
+    time.sleep(delay)
+    p.send_signal(sig)
+    code, err = finish(p)
+    wait_for_orphans(out)
+    if code == 0:
+        assert os.listdir(out) == [_WHOLE[kind]], what
+        return
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL, what
+        left = os.listdir(out)
+        assert all(n.startswith(PREFIX) for n in left), (what, left)
+    else:
+        assert (code, err) == (130, [INTERRUPTED]), what
+        assert os.listdir(out) == [], what
+        left = []
+    code, err = finish(start(*argv, env=ganeti_env))
+    assert code == 0, (what, err)
+    assert err == [f"ovfconverter: WARNING: {out / n}: removed, left by a run that was killed"
+                   for n in left], what
+    assert os.listdir(out) == [_WHOLE[kind]], what
