@@ -165,12 +165,16 @@ def remove_instance(name: str) -> None:
     run(["gnt-instance", "remove", "-f", name])
 
 
+# Ours (lib/staging.py) and those of versions before 0.10.
+STAGING_PREFIXES = (".ganeti-ovf-", ".ovf-import-", ".ovf-export-")
+
+
 def staging_left(node: str | None = None) -> list[str]:
     """Our staging entries in the export dir of ``node`` (default: every node)."""
     left = []
     for n in [node] if node else nodes():
         p = run(["sh", "-c", f"ls -A {EXPORT_DIR} 2>/dev/null || true"], node=n, check=True)
-        left += [f"{n}:{x}" for x in p.stdout.split() if x.startswith(".ovf-")]
+        left += [f"{n}:{x}" for x in p.stdout.split() if x.startswith(STAGING_PREFIXES)]
     return left
 
 
