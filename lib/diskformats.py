@@ -289,6 +289,7 @@ def detect_format(src: ByteRange, *, name: str | None = None) -> str:
 # --- metadata that must scale with the size ------------------------------
 
 _GD_AT_END = 0xFFFFFFFFFFFFFFFF
+_COMPRESSED_GRAINS = 1 << 16  # header flags: grains are deflated (streamOptimized)
 #: The VMDK spec: "grainSize must be a power of 2 and must be greater than
 #: 8 (4 KB)"; every tool writes 128.  Smaller grains multiply the work of
 #: every reader (qemu-img walks them one by one).
@@ -317,9 +318,18 @@ def check_vmdk_header(src: ByteRange, *, name: str) -> None:
     if gtes == 0:
         raise DiskImageError("VMDK header has 0 entries per grain table", name)
     grains = -(-capacity // grain)
-    gd_end = gd_offset * SECTOR + -(-grains // gtes) * 4
+    tables = -(-grains // gtes)
+    gd_end = gd_offset * SECTOR + tables * 4
     if gd_end > src.size:
         raise DiskImageError(
             f"VMDK grain directory for {capacity} sectors ends at byte {gd_end}, beyond the "
             f"end of the image ({src.size} bytes): the header claims more than the file holds",
             name)
+    if not _u32le(head, 8) & _COMPRESSED_GRAINS and tables * gtes * 4 > src.size:
+        # A hosted sparse extent holds every grain table from its creation
+        # (VMware and qemu-img both preallocate them: an empty 8 GiB one is
+        # ~1 MiB): a file too small for them claims a capacity it has no
+        # metadata for, and would make qemu-img walk it grain by grain.
+        raise DiskImageError(
+            f"VMDK header claims {capacity} sectors, whose grain tables alone take "
+            f"{tables * gtes * 4} bytes, more than the image holds ({src.size} bytes)", name)

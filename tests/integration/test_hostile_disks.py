@@ -179,6 +179,20 @@ def test_vmdk_grain_directory_beyond_end_refused(tmp_path):
         diskmod.inspect(ByteRange(str(img), 0, img.stat().st_size), name="gd.vmdk")
 
 
+def test_vmdk_without_room_for_its_grain_tables_fails_fast(tmp_path):
+    """64 TiB of honest 64 KiB grains in an 8 MiB file: the directory fits,
+    the 4 GiB of grain tables a hosted sparse extent holds do not; refused
+    from the header before qemu-img walks 2^30 grains (minutes)."""
+    cap = 1 << 37  # sectors: 64 TiB
+    img = vmdk_header(tmp_path / "gt.vmdk", cap, 128, 21, 21 * 512 + (8 << 20) + 512)
+    t0 = time.monotonic()
+    with pytest.raises(DiskImageError, match=r"VMDK header claims 137438953472 sectors, whose "
+                       r"grain tables alone take 4294967296 bytes, more than the image holds "
+                       r"\(8399872 bytes\)"):
+        diskmod.inspect(ByteRange(str(img), 0, img.stat().st_size), name="gt.vmdk")
+    assert time.monotonic() - t0 < 5
+
+
 # --- formats that lie ----------------------------------------------------
 
 
