@@ -161,6 +161,16 @@ class Package:
         stem = self.descriptor_name.rsplit(".", 1)[0]
         return self.member(stem + suffix)
 
+    def sibling_lookalikes(self, suffix: str) -> tuple[str, ...]:
+        """Members named like the ``.mf``/``.cert`` companion but for case
+        (``upmf.MF`` beside ``upmf.ovf``): DSP0243 names the manifest
+        exactly, so these are never used, and the caller says so."""
+        want = self.descriptor_name.rsplit(".", 1)[0] + suffix
+        return tuple(n for n in self._names_like(want.lower()) if n != want)
+
+    def _names_like(self, lower: str) -> list[str]:
+        return [n for n in self.names() if n.lower() == lower]
+
     def file_members(self, ref: FileRef) -> tuple[Member, ...]:
         """The member(s) holding a File reference: one, or its chunks in order."""
         if ref.chunk_size is None:
@@ -365,6 +375,11 @@ class DirPackage(Package):
         walked: only names the descriptor references are looked up."""
         return tuple(sorted(n for n in _listdir(self._root_fd, self.path)
                             if stat.S_ISREG(_lstat(n, self._root_fd))))
+
+    def _names_like(self, lower: str) -> list[str]:
+        # Match before stat-ing: a large directory costs one listing.
+        return sorted(n for n in _listdir(self._root_fd, self.path)
+                      if n.lower() == lower and stat.S_ISREG(_lstat(n, self._root_fd)))
 
     def _chunk_numbers(self, href: str) -> set[int]:
         """From one listing of the directory that holds ``href``'s chunks."""

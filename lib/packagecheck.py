@@ -70,6 +70,7 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
 
     mf = pkg.sibling(".mf")
     cm = pkg.sibling(".cert")
+    warnings = _lookalike_warnings(pkg)
     if mf is None:
         if cm is not None:
             problem(f"certificate {cm.name!r} but no manifest {_stem(pkg) + '.mf'!r} for it "
@@ -77,7 +78,7 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
         elif require_signature:
             problem("the package is not signed (no manifest, no certificate) and "
                     "--require-signature is given")
-        return PackageCheck(problems=tuple(problems))
+        return PackageCheck(problems=tuple(problems), warnings=tuple(warnings))
     mf_bytes = _small_member(pkg, mf, "manifest")
     manifest = integrity.parse_manifest(mf_bytes, path=mf.label or mf.name, allow_empty=True)
     if not manifest.entries:
@@ -86,11 +87,10 @@ def check_package(pkg: Package, env: Envelope | None = None, *,
                     "it: a signature that protects nothing is refused")
             return PackageCheck(manifest=mf.name, problems=tuple(problems))
         # ovftool 4.0 writes these and VirtualBox imports them: no manifest.
-        return PackageCheck(manifest=mf.name, warnings=(
-            f"manifest {mf.name!r} lists no files; nothing is protected, as without one",))
+        return PackageCheck(manifest=mf.name, warnings=(*warnings,
+            f"manifest {mf.name!r} lists no files; nothing is protected, as without one"))
     listed = _listed_members(pkg, manifest, problem)
     verified, deferred = _check_digests(pkg, listed, defer, problem)
-    warnings = []
     if pkg.descriptor_name not in listed:
         # VirtualBox 5.0 wrote manifests like this; the descriptor then
         # goes unchecked, which the operator should know.
@@ -165,6 +165,23 @@ def _check_digests(pkg: Package, listed: dict[str, tuple[integrity.ManifestEntry
         else:
             verified.append(entry.filename)
     return verified, deferred
+
+
+def _lookalike_warnings(pkg: Package) -> list[str]:
+    """A warning for each member named like the manifest or certificate but
+    for case (``upmf.MF``).  DSP0243 names them ``<stem>.mf``/``.cert`` and
+    every tool we know writes lower case, so such a member is not used: a
+    warning, not a refusal, since dropping the manifest altogether would get
+    the same package through; --require-signature still refuses it as
+    unsigned.  Matching case-insensitively instead would make the package
+    mean different things to different tools."""
+    out = []
+    for suffix, what in ((".mf", "manifest"), (".cert", "certificate")):
+        want = _stem(pkg) + suffix
+        for name in pkg.sibling_lookalikes(suffix):
+            out.append(f"{what}-like member {name!r} does not match the descriptor's name "
+                       f"{want!r} and is not used: its digests or signature are NOT checked")
+    return out
 
 
 def _stem(pkg: Package) -> str:

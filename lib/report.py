@@ -280,7 +280,7 @@ def _verify(pkg: Package, store: trust.TrustStore | None = None,
         checked.append(f"manifest {check.manifest}: {len(check.verified)} digest(s) match"
                        + "".join(f"; {w}" for w in check.warnings))
     else:
-        checked.append("no manifest")
+        checked.append("no manifest" + "".join(f"; {w}" for w in check.warnings))
     if check.certificate is not None:
         checked.append(f"certificate {check.certificate.subject}: signature over the "
                        "manifest holds")

@@ -123,6 +123,7 @@ class _Walk:
         self.end = os.fstat(fd).st_size
         self.pax: dict[str, bytes] = {}
         self.long: dict[bytes, bytes] = {}
+        self.seen: set[bytes] = set()  # metadata header types waiting for this member
         self.pending = -1  # offset of the first metadata header not yet used
 
     def read(self, n: int, pos: int) -> bytes:
@@ -135,6 +136,14 @@ class _Walk:
         if size > META_MAX or pos + BLOCK + size > self.end:
             raise _corrupt(pos, f"tar metadata header ({typ.decode()!r}) of {size} bytes",
                            self.path)
+        if typ != b"g":
+            # Stacked headers of one kind (two 'x', two 'L'): tar tools
+            # disagree on which one names the member, so a second
+            # descriptor or disk could hide behind the name we see.
+            if typ in self.seen:
+                raise _corrupt(pos, f"a second tar metadata header ({typ.decode()!r}) for "
+                               "one member (tar tools disagree on which applies)", self.path)
+            self.seen.add(typ)
         data = self.read(size, pos + BLOCK)
         if self.pending < 0:
             self.pending = pos
@@ -151,6 +160,13 @@ class _Walk:
     def entry(self, blk: bytes, typ: bytes, size: int, pos: int) -> TarEntry:
         pax, self.pax = self.pax, {}
         long, self.long = self.long, {}
+        self.seen = set()
+        for key, gnu in (("path", b"L"), ("linkpath", b"K")):
+            if key in pax and gnu in long:
+                # tarfile lets the GNU header win, GNU tar the pax one.
+                raise _corrupt(self.pending, f"both a pax {key} and a GNU long-name "
+                               f"({gnu.decode()!r}) header for one member (tar tools "
+                               "disagree on which applies)", self.path)
         self.pending = -1
         if "path" in pax:
             raw = pax["path"]

@@ -23,6 +23,7 @@ certificates.  Nothing is fetched (no AIA, CRL or OCSP).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -139,11 +140,7 @@ def _read_pem_file(path: str, what: str, *, strict: bool = True) -> list[x509.Ce
     cannot be read, is too large, or holds no (or a broken) certificate.
     Not ``strict`` (the system's bundle), a certificate that cryptography
     cannot parse is left out instead."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BUNDLE_SIZE + 1)
-    except OSError as e:
-        raise UsageError(f"{what}: cannot read: {e.strerror or e}", path) from e
+    data = _read_regular(path, what)
     if len(data) > MAX_BUNDLE_SIZE:
         raise UsageError(f"{what}: larger than {MAX_BUNDLE_SIZE} bytes", path)
     certs: list[x509.Certificate] = []
@@ -170,6 +167,31 @@ def _read_pem_file(path: str, what: str, *, strict: bool = True) -> list[x509.Ce
     if not certs:
         raise UsageError(f"{what}: no PEM certificate in it", path)
     return certs
+
+
+def _read_regular(path: str, what: str) -> bytes:
+    """Up to MAX_BUNDLE_SIZE + 1 bytes of a regular file.  A FIFO would block
+    the run for ever and a device may never end (or act on being opened), so
+    anything else is refused: stat before opening, then O_NONBLOCK (opening a
+    FIFO never waits) and fstat what was opened, in case it was swapped.
+    Symlinks are followed: these are the operator's own files."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UsageError(f"{what}: not a regular file", path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UsageError(f"{what}: not a regular file", path)
+            chunks: list[bytes] = []
+            left = MAX_BUNDLE_SIZE + 1
+            while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise UsageError(f"{what}: cannot read: {e.strerror or e}", path) from e
 
 
 def default_bundle() -> str | None:

@@ -399,3 +399,68 @@ def test_hard_link_in_a_directory_package_refused(build, tmp_path, os_path, whic
                                                 "package file must have only its own name"):
         import_package(pkg, str(tmp_path / "o"), req(os_path))
     assert not (tmp_path / "o").exists()
+
+
+def _pax_member(records: dict[str, str]) -> bytes:
+    """A pax extended header ('x') carrying ``records``."""
+    data = b""
+    for key, value in records.items():
+        rec = f" {key}={value}\n".encode()
+        n = len(rec) + len(str(len(rec)))
+        n += len(str(n)) != len(str(len(rec)))
+        data += str(n).encode() + rec
+    return _tar_member("PaxHeader", data, b"x")
+
+
+def _long_member(name: str, typ: bytes = b"L") -> bytes:
+    return _tar_member("././@LongLink", name.encode() + b"\0", typ)
+
+
+@pytest.mark.parametrize("stack, what", [
+    ("L_then_x", r"both a pax path and a GNU long-name \('L'\) header"),
+    ("x_then_L", r"both a pax path and a GNU long-name \('L'\) header"),
+    ("x_then_x", r"a second tar metadata header \('x'\)"),
+    ("L_then_L", r"a second tar metadata header \('L'\)"),
+    ("K_then_K", r"a second tar metadata header \('K'\)"),
+    ("K_and_linkpath", r"both a pax linkpath and a GNU long-name \('K'\) header"),
+])
+def test_stacked_tar_name_headers_refused(build, tmp_path, os_path, stack, what):
+    """GNU 'L' naming evil.ovf, then pax path=pad.bin: tarfile sees a second
+    descriptor, GNU tar (and a naive reader) pad.bin.  Tools disagree on which
+    of two stacked headers names a member, so the archive is refused, naming
+    the offset of the first metadata header."""
+    pkg, _ = build(Appliance(name="stk", disks=[DiskSpec(MIB, "raw")]), manifest=None)
+    mems = _members(pkg)
+    head = b"".join(_tar_member(n, b) for n, b in mems)
+    first, second = stack.split("_")[0], stack.split("_")[-1]
+    make = {"L": lambda n: _long_member(n), "K": lambda n: _long_member(n, b"K"),
+            "x": lambda n: _pax_member({"path": n}),
+            "linkpath": lambda n: _pax_member({"linkpath": n})}
+    evil = mems[0][1].replace(b"<ovf:Info>", b"<ovf:Info>evil ")
+    bad = tmp_path / "stack.ova"
+    bad.write_bytes(head + make[first]("evil.ovf") + make[second]("pad.bin")
+                    + _tar_member("pad.bin", evil) + bytes(1024))
+    # Both kinds: the first metadata header; two of a kind: the second one.
+    at = len(head) if first != second else len(head) + len(make[first]("evil.ovf"))
+    pat = rf"stack.ova: not a valid OVA \(tar\) archive: {what} .* at offset {at}$"
+    with pytest.raises(PackageError, match=pat):
+        import_package(str(bad), str(tmp_path / "o"), req(os_path))
+    assert not (tmp_path / "o").exists()
+
+
+def test_pax_global_header_cannot_name_members(build, tmp_path):
+    """A pax global header ('g') applies to every later member in pax-aware tools
+    and to none in others: one carrying path or size is refused."""
+    pkg, _ = build(Appliance(name="glb", disks=[DiskSpec(MIB, "raw")]), manifest=None)
+    mems = _members(pkg)
+    for key in ("path", "size"):
+        glob = _pax_member({key: "evil.ovf" if key == "path" else "0"})
+        glob = glob[:156] + b"g" + glob[157:]
+        hdr = bytearray(glob[:512])
+        hdr[148:156] = b" " * 8
+        hdr[148:156] = b"%06o\0 " % sum(hdr)
+        bad = tmp_path / "glob.ova"
+        bad.write_bytes(bytes(hdr) + glob[512:] + b"".join(_tar_member(n, b) for n, b in mems)
+                        + bytes(1024))
+        with pytest.raises(PackageError, match=rf"pax global header setting {key} at offset 0$"):
+            open_package(str(bad))

@@ -132,3 +132,47 @@ def test_thousands_of_spellings_hash_the_member_once(build, tmp_path):
     problems, _ = report.verify_package(pkg)
     assert time.monotonic() - start < 10
     assert len([p for p in problems if "twice" in p]) == 2999
+
+
+def _upper_case_manifest(build, ova: bool) -> str:
+    """A package whose manifest is stored as ``u.MF`` and whose disk was then
+    changed: the manifest no longer matches, were it read."""
+    pkg, _ = build(Appliance(name="u", disks=[DiskSpec(MIB, "raw")]), ova=False)
+    d = Path(pkg).parent
+    (d / "u.mf").rename(d / "u.MF")
+    with open(d / "u-disk1.raw", "r+b") as f:
+        f.write(b"tampered")
+    if not ova:
+        return pkg
+    out = d.parent / "u.ova"
+    with tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as t:
+        for name in ("u.ovf", "u.MF", "u-disk1.raw"):
+            t.add(d / name, arcname=name)
+    return str(out)
+
+
+@pytest.mark.parametrize("ova", [True, False])
+def test_manifest_differing_only_in_case_is_not_silently_ignored(build, tmp_path, os_path,
+                                                                  caplog, ova):
+    """DSP0243 names the manifest ``<stem>.mf``; ``u.MF`` is not it and is not
+    used.  Import warns (dropping the manifest altogether would import the same
+    package); verify says so; --require-signature refuses the package."""
+    pkg = _upper_case_manifest(build, ova)
+    warning = ("manifest-like member 'u.MF' does not match the descriptor's name 'u.mf' and "
+               "is not used: its digests or signature are NOT checked")
+    with caplog.at_level(logging.WARNING):
+        import_package(pkg, str(tmp_path / "o"), req(os_path))
+    assert [r.getMessage() for r in caplog.records if "u.MF" in r.getMessage()] == [
+        f"{pkg}: {warning}"]
+    problems, checked, _ = report.verify_report(pkg)
+    assert f"no manifest; {warning}" in checked
+    if ova:  # an OVA's member the descriptor does not reference is a problem anyway
+        assert problems == ["member 'u.MF' is not referenced by the descriptor"]
+    else:
+        assert problems == []
+    r = ImportRequest(os_name="noop", os_search_path=os_path, use_cluster=False,
+                      require_signature=True)
+    with pytest.raises(IntegrityError, match=r"the package is not signed .* "
+                                             r"--require-signature is given$"):
+        import_package(pkg, str(tmp_path / "o2"), r)
+    assert not (tmp_path / "o2").exists()

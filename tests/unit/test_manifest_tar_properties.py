@@ -204,3 +204,56 @@ def test_index_sees_what_tarfile_sees_on_valid_archives(members, fmt):
     assert got is not None
     assert [(e.name, e.offset, e.size) for e in got] == want
     assert all(e.kind == "file" for e in got)
+
+
+def _raw_header(name: str, size: int, typ: bytes) -> bytes:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.type = size, typ
+    return ti.tobuf(tarfile.USTAR_FORMAT)
+
+
+def _raw_member(name: str, body: bytes, typ: bytes = b"0") -> bytes:
+    return _raw_header(name, len(body), typ) + body + bytes(-len(body) % 512)
+
+
+def _pax_data(key: str, value: str) -> bytes:
+    rec = f" {key}={value}\n".encode()
+    n = len(rec) + len(str(len(rec)))
+    n += len(str(n)) != len(str(len(rec)))
+    return str(n).encode() + rec
+
+
+def _meta(kind: str, name: str) -> bytes:
+    """One metadata header: pax path ('x'), GNU long name ('L'), or a pax
+    global header carrying only a comment ('g', as git archive writes)."""
+    if kind == "x":
+        return _raw_member("PaxHeader", _pax_data("path", name), b"x")
+    if kind == "L":
+        return _raw_member("././@LongLink", name.encode() + b"\0", b"L")
+    return _raw_member("pax_global_header", _pax_data("comment", name), b"g")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 700), st.lists(st.sampled_from("xLg"), max_size=3)),
+                min_size=1, max_size=5))
+def test_stacked_name_headers_refused_exactly_when_tools_could_disagree(members):
+    """Metadata headers before each member, each naming it differently.  With
+    at most one header naming a member (one 'x' or one 'L', any 'g' comment),
+    Python's tarfile is unambiguous and the index must see what it sees; two
+    of a kind, or an 'x' and an 'L' together, must be refused."""
+    data = b""
+    ambiguous = False
+    for i, (size, metas) in enumerate(members):
+        naming = [k for k in metas if k != "g"]
+        ambiguous |= len(naming) > 1
+        data += b"".join(_meta(k, f"m{i}-{j}-{k}.bin") for j, k in enumerate(metas))
+        data += _raw_member(f"m{i}.bin", bytes([i]) * size)
+    data += bytes(1024)
+    got = _index(data)
+    if ambiguous:
+        assert got is None
+        return
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        want = [(m.name, m.offset_data, m.size) for m in t]
+    assert got is not None
+    assert [(e.name, e.offset, e.size) for e in got] == want

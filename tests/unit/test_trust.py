@@ -6,8 +6,10 @@ the system's CA store as its issuer, but signed by a throwaway key)."""
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -416,6 +418,44 @@ def test_malformed_name_is_one_integrity_error(pki, where, damage):
 
 
 # --------------------------------------------------------------- the operator's files
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("option", ["--trusted-cert", "--ca-bundle"])
+@pytest.mark.parametrize("command", ["import", "verify"])
+def test_fifo_or_device_as_trust_file_refused_at_once(tmp_path, option, command):
+    """A FIFO nobody writes to hung the run for ever (open blocks); a device may
+    never end.  Refused before the package is looked at: one line, exit 2."""
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)
+    pkg = tmp_path / "p.ova"
+    pkg.write_bytes(bytes(1024))
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        args = [option, str(path), str(pkg)]
+        if command == "import":
+            args = ["-o", str(tmp_path / "out"), *args]
+        p = subprocess.run([sys.executable, str(ROOT / "scripts" / "ovfconverter"), command,
+                            *args], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.splitlines() == [f"ovfconverter: error: {path}: {option}: not a "
+                                         f"regular file (see 'ovfconverter {command} --help')"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_trust_file_swapped_for_a_fifo_after_stat_refused(tmp_path, mocker):
+    """The file checked is not necessarily the file opened: what was opened is
+    checked again (the swap between the two calls is simulated: stat answers
+    for a regular file)."""
+    regular = tmp_path / "real.pem"
+    regular.write_bytes(b"x")
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)
+    real_stat = os.stat
+    mocker.patch.object(trust.os, "stat", lambda p, *a, **k: real_stat(regular))
+    with pytest.raises(UsageError, match=r"^.*fifo.pem: --trusted-cert: not a regular file$"):
+        trust.load_store([str(fifo)], system=False)
+
 
 def test_store_files_that_do_not_load(tmp_path):
     missing = tmp_path / "missing.pem"
