@@ -21,6 +21,13 @@ from ganeti_ovf.errors import UnitsError
 OVFCONVERTER = str(Path(__file__).resolve().parents[2] / "scripts" / "ovfconverter")
 OVF1 = "http://schemas.dmtf.org/ovf/envelope/1"
 RASD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+# The documented bounds (units.MAX_UNIT_CHARS, MAX_EXPANDED_CHARS, MAX_REFERENCES).
+UNIT_CHARS, EXPANDED_CHARS, REFERENCES = 256, 64 * 1024, 1024
+
+
+def test_bounds_are_the_documented_ones() -> None:
+    assert (units.MAX_UNIT_CHARS, units.MAX_EXPANDED_CHARS, units.MAX_REFERENCES) == (
+        UNIT_CHARS, EXPANDED_CHARS, REFERENCES)
 
 
 def test_long_unit_expression_is_refused_fast() -> None:
@@ -35,8 +42,8 @@ def test_long_unit_expression_is_refused_fast() -> None:
 
 
 def test_unit_expression_up_to_the_bound_is_read() -> None:
-    longest = "byte" + " * 1" * ((units.MAX_UNIT_CHARS - 4) // 4)
-    assert len(longest) == units.MAX_UNIT_CHARS
+    longest = "byte" + " * 1" * ((UNIT_CHARS - 4) // 4)
+    assert len(longest) == UNIT_CHARS
     assert units.parse_byte_units(longest) == 1
     with pytest.raises(UnitsError, match="oversized allocation unit"):
         units.parse_byte_units(longest + " ")
@@ -48,22 +55,22 @@ def test_too_many_property_references_are_refused_fast() -> None:
     with pytest.raises(UnitsError) as e:
         units.resolve_properties(text, {"a": "1" * (1 << 20)}, path="t.ovf")
     assert time.monotonic() - start < 5
-    assert str(e.value) == f"t.ovf: more than {units.MAX_REFERENCES} property references"
+    assert str(e.value) == f"t.ovf: more than {REFERENCES} property references"
 
 
-@pytest.mark.parametrize("refs, size", [(1, units.MAX_EXPANDED_CHARS + 1), (17, 4000),
-                                        (units.MAX_REFERENCES, 1 << 20)])
+@pytest.mark.parametrize("refs, size", [(1, EXPANDED_CHARS + 1), (17, 4000),
+                                        (REFERENCES, 1 << 20)])
 def test_oversized_property_expansion_is_refused(refs: int, size: int) -> None:
     text = "${a}" * refs
     with pytest.raises(UnitsError) as e:
         units.resolve_properties(text, {"a": "7" * size}, path="t.ovf")
     assert str(e.value) == (f"t.ovf: property references expand to {refs * size} "
-                            f"characters (at most {units.MAX_EXPANDED_CHARS})")
+                            f"characters (at most {EXPANDED_CHARS})")
 
 
 def test_property_expansion_up_to_the_bound_is_built() -> None:
     text = "${a}${b}"
-    half = units.MAX_EXPANDED_CHARS // 2
+    half = EXPANDED_CHARS // 2
     assert units.resolve_properties(text, {"a": "1" * half, "b": "2" * half}) == (
         "1" * half + "2" * half)
 
