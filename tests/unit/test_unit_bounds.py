@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ganeti_ovf import units
 from ganeti_ovf.errors import UnitsError
@@ -73,6 +75,26 @@ def test_property_expansion_up_to_the_bound_is_built() -> None:
     half = EXPANDED_CHARS // 2
     assert units.resolve_properties(text, {"a": "1" * half, "b": "2" * half}) == (
         "1" * half + "2" * half)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=UNIT_CHARS + 1, max_size=4 * UNIT_CHARS))
+def test_any_unit_text_over_the_bound_is_oversized(text: str) -> None:
+    with pytest.raises(UnitsError, match="^oversized allocation unit"):
+        units.parse_byte_units(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["${a}", "${b}", "x"]), max_size=2 * REFERENCES),
+       st.integers(0, 2 * EXPANDED_CHARS), st.integers(0, 200))
+def test_expansion_is_bounded_or_refused(parts: list[str], a: int, b: int) -> None:
+    text = "".join(parts)
+    try:
+        result = units.resolve_properties(text, {"a": "1" * a, "b": "2" * b})
+    except UnitsError as e:
+        assert "property references" in e.problem
+    else:
+        assert len(result) <= EXPANDED_CHARS
 
 
 def _descriptor(capacity: str, prop: str, unit: str = "byte") -> str:
