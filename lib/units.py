@@ -248,7 +248,8 @@ def parse_byte_units(text: str, *, path: _Path = None) -> int:
     Raises :class:`UnitsError` (``value=text``) for anything else: not bytes
     (``hertz * 10^6``, ``count``), unknown words, negative or fractional
     exponents, a multiplier that is not a whole number, above
-    :data:`MAX_MULTIPLIER`, or malformed text.
+    :data:`MAX_MULTIPLIER`, text longer than :data:`MAX_UNIT_CHARS`, or
+    malformed text.
     """
     try:
         if len(text) > MAX_UNIT_CHARS:  # before the parser and the cache
@@ -332,8 +333,10 @@ def resolve_properties(
     maps property names (``class.key.instance`` when qualified) to their
     ProductSection defaults.  Replacement is one pass: a value containing
     ``${`` is not expanded again.  Text without ``${`` comes back as is.
-    An unknown property, one without a value, or an unclosed or empty
-    reference raises :class:`UnitsError`.
+    An unknown property, one without a value, an unclosed or empty
+    reference, more than :data:`MAX_REFERENCES` references or a result
+    longer than :data:`MAX_EXPANDED_CHARS` (known from the lengths before
+    it is built) raises :class:`UnitsError`.
     """
     if "${" not in text:
         return text
