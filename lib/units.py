@@ -44,7 +44,10 @@ import pyparsing as pp
 from .errors import UnitsError
 
 __all__ = [
+    "MAX_EXPANDED_CHARS",
     "MAX_MULTIPLIER",
+    "MAX_REFERENCES",
+    "MAX_UNIT_CHARS",
     "format_byte_units",
     "parse_byte_units",
     "resolve_properties",
@@ -62,6 +65,13 @@ _MAX_DIGITS = 310
 _MAX_INTERMEDIATE = 2**1024
 _MAX_QUANTITY_DIGITS = 100
 _MAX_SHOWN = 80  # characters of a hostile value worth quoting in a message
+# Real unit strings are short ("byte * 2^30", "MegaBytes"); a longer one is
+# refused before pyparsing sees it, whose time and memory grow with it.
+MAX_UNIT_CHARS = 256
+# A ${property} expansion never builds more than this, nor follows more
+# references: capacities and counts are a few digits.
+MAX_EXPANDED_CHARS = 64 * 1024
+MAX_REFERENCES = 1024
 
 _Path = str | os.PathLike[str] | None  # the file a value came from, for messages
 
@@ -238,9 +248,12 @@ def parse_byte_units(text: str, *, path: _Path = None) -> int:
     Raises :class:`UnitsError` (``value=text``) for anything else: not bytes
     (``hertz * 10^6``, ``count``), unknown words, negative or fractional
     exponents, a multiplier that is not a whole number, above
-    :data:`MAX_MULTIPLIER`, or malformed text.
+    :data:`MAX_MULTIPLIER`, text longer than :data:`MAX_UNIT_CHARS`, or
+    malformed text.
     """
     try:
+        if len(text) > MAX_UNIT_CHARS:  # before the parser and the cache
+            raise _Refused("oversized")
         return _multiplier(text)
     except _Refused as refusal:
         problem = f"{refusal} allocation unit {_shown(text)}"
@@ -320,25 +333,43 @@ def resolve_properties(
     maps property names (``class.key.instance`` when qualified) to their
     ProductSection defaults.  Replacement is one pass: a value containing
     ``${`` is not expanded again.  Text without ``${`` comes back as is.
-    An unknown property, one without a value, or an unclosed or empty
-    reference raises :class:`UnitsError`.
+    An unknown property, one without a value, an unclosed or empty
+    reference, more than :data:`MAX_REFERENCES` references or a result
+    longer than :data:`MAX_EXPANDED_CHARS` (known from the lengths before
+    it is built) raises :class:`UnitsError`.
     """
     if "${" not in text:
         return text
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group("name")
-        if name is None:
-            problem = f"unterminated property reference in {_shown(text)}"
-        elif not name:
-            problem = f"empty property reference in {_shown(text)}"
-        elif name not in properties:
-            problem = f"unknown property {_shown(name)}"
-        else:
-            value = properties[name]
-            if value is not None:
-                return value
-            problem = f"property {_shown(name)} has no value"
+    if text.count("${") > MAX_REFERENCES:
+        problem = f"more than {MAX_REFERENCES} property references"
         raise UnitsError(problem, path, value=text)
+    values: list[str] = []
+    size = 0
+    for match in _REFERENCE.finditer(text):
+        value = _property_value(match, text, properties, path)
+        size += len(value) - len(match.group(0))
+        values.append(value)
+    if len(text) + size > MAX_EXPANDED_CHARS:  # known before anything is built
+        problem = (f"property references expand to {len(text) + size} characters "
+                   f"(at most {MAX_EXPANDED_CHARS})")
+        raise UnitsError(problem, path, value=text)
+    chosen = iter(values)
+    return _REFERENCE.sub(lambda _match: next(chosen), text)
 
-    return _REFERENCE.sub(replace, text)
+
+def _property_value(match: re.Match[str], text: str,
+                    properties: Mapping[str, str | None], path: _Path) -> str:
+    """The value one ``${name}`` reference stands for, or :class:`UnitsError`."""
+    name = match.group("name")
+    if name is None:
+        problem = f"unterminated property reference in {_shown(text)}"
+    elif not name:
+        problem = f"empty property reference in {_shown(text)}"
+    elif name not in properties:
+        problem = f"unknown property {_shown(name)}"
+    else:
+        value = properties[name]
+        if value is not None:
+            return value
+        problem = f"property {_shown(name)} has no value"
+    raise UnitsError(problem, path, value=text)

@@ -167,7 +167,13 @@ class HardwareMixin:
                 self.warn(f"system {sid!r}: {what} item {label!r} has no VirtualQuantity; "
                           "ignored")
             return None
-        unit = _rasd(item, "AllocationUnits") or _rasd(item, "VirtualQuantityUnits")
+        unit, disagree = self._units_of(item)
+        if disagree is not None:
+            problem = f"{what} {_shown(q)} not usable ({disagree})"
+            if quiet:
+                self.warn(f"system {sid!r}: {problem}; ignored")
+                return None
+            return Unusable(problem, q)
         if unit is None:
             # What VMware and VirtualBox assume; said aloud, never silent.
             self.warn(f"system {sid!r}: {what} has no AllocationUnits; read as MiB")
@@ -189,6 +195,26 @@ class HardwareMixin:
             return Unusable(f"{what} {_shown(q)} ({unit}) is more than any Ganeti "
                              f"hypervisor gives a guest ({_size_name(MAX_MEMORY)})", q)
         return n
+
+    def _units_of(self, item: etree._Element) -> tuple[str | None, str | None]:
+        """(the unit of VirtualQuantity, why it is unknown).  Producers write
+        AllocationUnits, VirtualQuantityUnits or both (vCloud, ovftool: the
+        same); when both name different multipliers, the package's ask is
+        unknown, and guessing one would give a guest 1024 times too much or
+        too little memory."""
+        alloc = _rasd(item, "AllocationUnits")
+        vq = _rasd(item, "VirtualQuantityUnits")
+        if not alloc or not vq or alloc == vq:
+            return alloc or vq, None
+        try:
+            same = (units.parse_byte_units(alloc, path=self.path)
+                    == units.parse_byte_units(vq, path=self.path))
+        except OvfError as e:
+            return alloc, e.problem
+        if same:
+            return alloc, None
+        return alloc, (f"AllocationUnits {_shown(alloc)} and VirtualQuantityUnits "
+                       f"{_shown(vq)} disagree")
 
     _HOST_RESOURCE = re.compile(r"^(?:ovf:)?/*(disk|file)/(.+)$")
 

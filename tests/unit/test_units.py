@@ -369,7 +369,10 @@ def test_property_then_units() -> None:
 
 def test_public_surface() -> None:
     assert sorted(units.__all__) == [
+        "MAX_EXPANDED_CHARS",
         "MAX_MULTIPLIER",
+        "MAX_REFERENCES",
+        "MAX_UNIT_CHARS",
         "format_byte_units",
         "parse_byte_units",
         "resolve_properties",

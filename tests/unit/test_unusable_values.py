@@ -148,6 +148,58 @@ def test_unusable_first_item_is_not_skipped_for_a_later_one(os_path):
         plan(data, os_path)
 
 
+def mem_both(q: str, alloc: str, vq: str) -> str:
+    """A memory item giving both unit elements (OVF 1.x and 2.x producers)."""
+    return (f"<Item><rasd:AllocationUnits>{alloc}</rasd:AllocationUnits>"
+            f"<rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>{q}"
+            f"</rasd:VirtualQuantity><rasd:VirtualQuantityUnits>{vq}"
+            "</rasd:VirtualQuantityUnits></Item>")
+
+
+@pytest.mark.parametrize("alloc, vq, problem", [
+    ("byte * 2^20", "byte * 2^30", "memory '4' not usable (AllocationUnits 'byte * 2^20' "
+     "and VirtualQuantityUnits 'byte * 2^30' disagree)"),
+    ("byte * 2^30", "MegaBytes", "memory '4' not usable (AllocationUnits 'byte * 2^30' "
+     "and VirtualQuantityUnits 'MegaBytes' disagree)"),
+    ("byte * 2^20", "hertz", "memory '4' not usable (non-byte allocation unit 'hertz')"),
+])
+def test_memory_units_that_disagree_are_shown_and_refused(alloc, vq, problem, os_path):
+    """4 MiB or 4 GiB? The package's ask is unknown: not guessed, refused
+    by name, and -B maxmem= gives it."""
+    data = descriptor(CPU1, mem_both("4", alloc, vq))
+    vs = parse_descriptor(data, path="t.ovf").system()
+    assert (vs.memory, vs.memory_problem) == (None, problem)
+    with pytest.raises(DescriptorError) as e:
+        plan(data, os_path)
+    assert str(e.value) == f"vm.ova: system 'vm': {problem}; give it with -B maxmem=SIZE"
+    cfg, _plan, _w = plan(data, os_path, backend={"maxmem": "512"})
+    assert cfg.backend["maxmem"] == "512"
+
+
+@pytest.mark.parametrize("alloc, vq", [
+    ("byte * 2^20", "byte * 2^20"),  # ovftool's own test data
+    ("byte * 2^20", "MegaBytes"),  # two spellings, one multiplier
+    ("byte*1024*1024", "byte * 2 ^ 20"),
+])
+def test_memory_units_that_agree_are_read(alloc, vq, os_path):
+    data = descriptor(CPU1, mem_both("4", alloc, vq))
+    vs = parse_descriptor(data, path="t.ovf").system()
+    assert (vs.memory, vs.memory_problem) == (4 * MIB, None)
+    cfg, _plan, _w = plan(data, os_path)
+    assert cfg.backend["maxmem"] == "4"
+
+
+def test_cpu_units_are_not_compared(os_path):
+    """A CPU item's AllocationUnits is its speed (hertz * 10^6), its
+    VirtualQuantityUnits the count: they differ by nature (ovftool)."""
+    item = ("<Item><rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>"
+            "<rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>2"
+            "</rasd:VirtualQuantity><rasd:VirtualQuantityUnits>count"
+            "</rasd:VirtualQuantityUnits></Item>")
+    cfg, _plan, _w = plan(descriptor(item, MEM64), os_path)
+    assert cfg.backend["vcpus"] == "2"
+
+
 def test_ganeti_section_value_makes_the_declared_one_irrelevant(os_path):
     data = descriptor(CPU1, mem("0")).replace(
         b'<VirtualSystem ovf:id="vm">',
