@@ -570,6 +570,19 @@ _KINDS = {
 _WHOLE = {"export-ova": "qa-src.ova", "export-dir": "qa-src", "import-ova": "qa-src"}
 
 
+def _wait_for_main(p: subprocess.Popen, bound: float = 60) -> None:
+    """Until the command's main() runs: it sets umask 077 right after taking
+    the signals over, which /proc shows."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < bound and p.poll() is None:
+        try:
+            if "Umask:\t0077" in Path(f"/proc/{p.pid}/status").read_text():
+                return
+        except OSError:
+            return
+        time.sleep(0.005)
+
+
 # Seeds whose draws cover each command and each kind of signal (4: export-dir
 # SIGHUP, 6: import SIGINT, 7: export-ova SIGTERM, 11: export-ova SIGKILL,
 # 17: import SIGKILL); OVF_FAULT_SEEDS=a,b,... draws others.
@@ -593,6 +606,7 @@ def test_random_signal_at_a_random_moment(big, big_ova, tmp_path, ganeti_env, se
     argv = [*_KINDS[kind](big, big_ova), "--output-dir", str(out), "-q"]
     what = f"seed {seed}: {kind}, {sig.name} at {delay:.2f} s"
     p = start(*argv, env=ganeti_env)
+    _wait_for_main(p)  # a signal during Python's own start-up is Python's (see above)
     time.sleep(delay)
     p.send_signal(sig)
     code, err = finish(p)
