@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from lxml import etree
 
 from .. import units
+from ..disks import MAX_VIRTUAL_SIZE
 from ..errors import DescriptorError, OvfError
 from ..model import (
     MAX_CAPACITY,
@@ -267,6 +268,11 @@ class _Reader(HardwareMixin):
             elif n > MAX_CAPACITY:
                 problem = (f"capacity {_shown(cap)} ({unit or 'byte'}) is more than a disk "
                            "image can hold (2^63 bytes)")
+            elif n > MAX_VIRTUAL_SIZE:
+                # The bound images and blank disks have: a populated disk
+                # would otherwise be created at what the descriptor says.
+                problem = (f"capacity {_shown(cap)} ({unit or 'byte'}) is {n} bytes, more "
+                           f"than the {MAX_VIRTUAL_SIZE >> 40} TiB a disk may have")
         if problem is None:
             return n
         self.warn(f"disk {did!r}: {problem}; import needs --disk N:size=SIZE")

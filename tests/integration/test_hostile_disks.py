@@ -17,7 +17,7 @@ from make_fixtures import Appliance, DiskSpec
 
 from ganeti_ovf import disks as diskmod
 from ganeti_ovf import report
-from ganeti_ovf.errors import DiskImageError, IntegrityError
+from ganeti_ovf.errors import DescriptorError, DiskImageError, IntegrityError
 from ganeti_ovf.importer import ImportRequest, import_package
 from ganeti_ovf.model import ByteRange
 
@@ -119,9 +119,9 @@ def vmdk_header(path: Path, capacity: int, grain: int, gd_offset: int, total: in
 def test_blank_petabyte_disk_refused(build, tmp_path, os_path):
     pkg, _ = build(Appliance(name="blank", disks=[DiskSpec(PB, blank=True)]), ova=False,
                    manifest=None)
-    with pytest.raises(DiskImageError, match=r"blank 'disk 0' claims a virtual size of "
-                       r"1125899906842624 bytes \(1024.0 TiB\); more than 64.0 TiB is not "
-                       r"accepted"):
+    with pytest.raises(DescriptorError, match=r"disk 'vmdisk0': capacity '1125899906842624' "
+                       r"\(byte\) is 1125899906842624 bytes, more than the 64 TiB a disk may "
+                       r"have; give its size with --disk 0:size=SIZE"):
         import_package(pkg, str(tmp_path / "o"), req(os_path))
     assert not any((tmp_path / "o").iterdir()) if (tmp_path / "o").exists() else True
 
