@@ -345,29 +345,39 @@ class _Reader(HardwareMixin):
     # -- properties / configurations -------------------------------------
 
     def _all_properties(self) -> dict[str, str | None]:
-        """Every ProductSection property's default, by key (and class.key)."""
+        """Every ProductSection property's default, by key (and class.key).
+
+        One walk, each Property seen once and counted for its nearest
+        ProductSection: nested sections would otherwise be walked again for
+        every enclosing one (quadratic in the nesting)."""
         props: dict[str, str | None] = {}
-        for el in self.root.iter():
-            if not isinstance(el.tag, str) or _kind(el) != "ProductSection" or _qn(el)[0] != "ovf":
+        # (class, instance, defaults seen in this section) per open section
+        stack: list[tuple[str | None, str | None, dict[str, str | None]]] = []
+        for event, el in etree.iterwalk(self.root, events=("start", "end")):
+            if not isinstance(el.tag, str):
                 continue
-            cls = _attr(el, "class")
-            inst = _attr(el, "instance")
-            seen: dict[str, str | None] = {}  # in this section
-            for p in el.iter():
-                if not isinstance(p.tag, str) or _kind(p) != "Property":
-                    continue
-                key = _attr(p, "key")
-                if not key:
-                    continue
-                value = _attr(p, "value")
-                full = ".".join(x for x in (cls, key, inst) if x)
-                if key in seen and seen[key] != value:
-                    self.warn(f"property {full!r} is declared twice; its first default is "
-                              "used")
-                seen.setdefault(key, value)
-                props.setdefault(key, value)
-                props.setdefault(full, value)
+            kind = _kind(el)
+            if kind == "ProductSection" and _qn(el)[0] == "ovf":
+                if event == "start":
+                    stack.append((_attr(el, "class"), _attr(el, "instance"), {}))
+                else:
+                    stack.pop()
+            elif kind == "Property" and event == "start" and stack:
+                self._property(el, *stack[-1], props)
         return props
+
+    def _property(self, p: etree._Element, cls: str | None, inst: str | None,
+                  seen: dict[str, str | None], props: dict[str, str | None]) -> None:
+        key = _attr(p, "key")
+        if not key:
+            return
+        value = _attr(p, "value")
+        full = ".".join(x for x in (cls, key, inst) if x)
+        if key in seen and seen[key] != value:
+            self.warn(f"property {full!r} is declared twice; its first default is used")
+        seen.setdefault(key, value)
+        props.setdefault(key, value)
+        props.setdefault(full, value)
 
     def _configurations(self) -> tuple[tuple[str, ...], str | None]:
         sec = next(self._sections(self.root, "DeploymentOptionSection"), None)

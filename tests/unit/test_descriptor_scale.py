@@ -164,3 +164,42 @@ def test_60_mib_of_empty_elements_fails_fast_in_bounded_memory(tmp_path):
     assert elapsed < 10
     # The bytes themselves (60 MiB) and the interpreter: no tree was built.
     assert int(rss.read_text().split()[-1]) < 300 * 1024
+
+
+def nested_product_sections(depth: int, per: int = 20) -> bytes:
+    """``depth`` ProductSections nested in one another, ``per`` Properties in
+    each, the innermost one's referenced by the memory item."""
+    props = "".join(f'<Property ovf:key="p{i}" ovf:value="{i}"/>' for i in range(per))
+    nested = ""
+    for d in range(depth):
+        nested = f'<ProductSection ovf:class="c{d}"><Info>p</Info>{props}{nested}' \
+                 "</ProductSection>"
+    return envelope('<VirtualSystem ovf:id="vm"><Info>x</Info>' + nested
+                    + "<VirtualHardwareSection><Info>hw</Info><Item><rasd:AllocationUnits>"
+                    "byte * 2^20</rasd:AllocationUnits><rasd:ResourceType>4"
+                    "</rasd:ResourceType><rasd:VirtualQuantity>${c0.p7}"
+                    "</rasd:VirtualQuantity></Item></VirtualHardwareSection>"
+                    "</VirtualSystem>")
+
+
+def test_nested_product_sections_visit_each_property_once(monkeypatch):
+    """Finding 7: each ProductSection's subtree was walked for every
+    enclosing one (55 levels, 180000 Properties: 96 s).  Deterministic: the
+    reader's kind lookups at nesting 10 and 40."""
+    calls = 0
+    real = elements._kind
+
+    def counting(el):
+        nonlocal calls
+        calls += 1
+        return real(el)
+
+    for module in (elements, reader):
+        monkeypatch.setattr(module, "_kind", counting)
+    counts = []
+    for depth in (10, 40):
+        calls = 0
+        env = parse_descriptor(nested_product_sections(depth), path="t.ovf")
+        assert env.system().memory == 7 << 20
+        counts.append(calls)
+    assert counts[1] / counts[0] < 6, counts  # linear: ~4; quadratic: ~16
