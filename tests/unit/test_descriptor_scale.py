@@ -20,6 +20,7 @@ import pytest
 from ganeti_ovf import report
 from ganeti_ovf.descriptor import elements, reader
 from ganeti_ovf.descriptor.reader import MAX_MARKUP, parse_descriptor
+from ganeti_ovf.descriptor.xmlsafe import MAX_ATTRIBUTES
 from ganeti_ovf.errors import DescriptorError
 from ganeti_ovf.importer import ImportRequest, choose_system, plan_config
 
@@ -203,3 +204,38 @@ def test_nested_product_sections_visit_each_property_once(monkeypatch):
         assert env.system().memory == 7 << 20
         counts.append(calls)
     assert counts[1] / counts[0] < 6, counts  # linear: ~4; quadratic: ~16
+
+
+def crowded(n: int) -> bytes:
+    """The system's Info element with ``n`` attributes."""
+    attrs = " ".join(f'a{i}="{i}"' for i in range(n))
+    return envelope(f'<VirtualSystem ovf:id="vm"><Info {attrs}>x</Info></VirtualSystem>')
+
+
+def test_100000_attributes_on_one_element_fail_fast():
+    """Finding 8: libxml2's duplicate-attribute check is quadratic (50 s for
+    100000 attributes in 1 MB); refused from the bytes, before parsing."""
+    data = crowded(100_000)
+    start = time.monotonic()
+    with pytest.raises(DescriptorError) as e:
+        parse_descriptor(data, path="t.ovf")
+    assert time.monotonic() - start < 5
+    assert str(e.value) == (f"t.ovf: element <Info> has more than {MAX_ATTRIBUTES} "
+                            "attributes; refusing it (real descriptors have at most a few "
+                            "dozen)")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-16-le", "utf-16-be"])
+def test_attribute_bound_is_exact_in_each_encoding(encoding):
+    """Up to the bound is read (namespace declarations count: the
+    Envelope's own are on another element); UTF-16 is scanned too."""
+    def encoded(n: int) -> bytes:
+        text = crowded(n).decode()
+        if encoding != "utf-8":
+            text = f'<?xml version="1.0" encoding="{encoding}"?>' + text
+        return text.encode(encoding)
+    env = parse_descriptor(encoded(MAX_ATTRIBUTES), path="t.ovf")
+    assert env.system().system_id == "vm"
+    with pytest.raises(DescriptorError, match=f"element <Info> has more than {MAX_ATTRIBUTES} "
+                       "attributes"):
+        parse_descriptor(encoded(MAX_ATTRIBUTES + 1), path="t.ovf")
