@@ -151,6 +151,13 @@ def test_header_beyond_any_hypervisor_refused_even_if_declared(build, tmp_path, 
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), str(PB)], check=True)
     replace_disk(ovf, disk, img, capacity=PB)
     check = mocker.spy(diskmod, "check_image")
+    # Declared: refused from the descriptor (over the same 64 TiB bound).
+    with pytest.raises(DescriptorError, match=r"capacity '1125899906842624' \(byte\) is "
+                       r"1125899906842624 bytes, more than the 64 TiB a disk may have"):
+        import_package(str(ovf), str(tmp_path / "o"), req(os_path))
+    # Not declared (size from the image): refused from the header.
+    text = ovf.read_text()
+    ovf.write_text(text.replace(f'ovf:capacity="{PB}"', ""))
     with pytest.raises(DiskImageError, match=r"image 'peta2-disk1.qcow2' claims a virtual "
                        r"size of 1125899906842624 bytes .*more than 64.0 TiB"):
         import_package(str(ovf), str(tmp_path / "o"), req(os_path))
