@@ -349,8 +349,8 @@ def test_verify_uses_the_same_inspection(build, tmp_path):
     pkg, _ = build(Appliance(name="vb", disks=[DiskSpec(PB, blank=True)]), ova=False,
                    manifest=None)
     problems, _ = report.verify_package(pkg)
-    assert any("blank 'disk 0' claims a virtual size of 1125899906842624" in p
-               for p in problems)
+    assert any("disk 'vmdisk0': capacity '1125899906842624' (byte) is 1125899906842624 "
+               "bytes, more than the 64 TiB a disk may have" in p for p in problems)
 
 
 @pytest.mark.parametrize("uri, fmt", [
