@@ -267,6 +267,10 @@ def _plan_disks(vs: VirtualSystem, req: ImportRequest, template: str | None,
     for i in range(count):
         src = vs.disks[i] if i < len(vs.disks) else None
         size = req.disk_sizes.get(i)
+        if size is not None:
+            # The operator's size is what Ganeti creates: bounded like a
+            # declared capacity, before anything is written.
+            diskmod.check_size(size, name=f"--disk {i}:size=", what="size", path=path)
         if size is None and src is not None and src.capacity_problem:
             # Not replaced by the image's size: the package asked for a
             # capacity, and what it meant is unknown.

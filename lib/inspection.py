@@ -91,6 +91,9 @@ def inspect_disks(pkg: Package, disks: Sequence[Disk]) -> tuple[list[DiskInspect
     done: list[DiskInspection] = []
     problems: list[str] = []
     for i, disk in enumerate(disks):
+        if disk.capacity_problem:  # what import refuses (e.g. over 64 TiB)
+            problems.append(f"disk {disk.disk_id!r}: {disk.capacity_problem}")
+            continue
         if disk.file_ref is None and not disk.capacity:
             continue  # the operator must give its size; nothing to check
         try:

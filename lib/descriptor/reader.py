@@ -11,12 +11,14 @@ entities is refused outright (as defusedxml does), before parsing.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterator, Mapping
 
 from lxml import etree
 
 from .. import units
-from ..errors import DescriptorError, OvfError
+from ..disks import MAX_VIRTUAL_SIZE
+from ..errors import DescriptorError, OvfError, UnsafeMemberError
 from ..model import (
     MAX_CAPACITY,
     Disk,
@@ -29,6 +31,7 @@ from ..model import (
     Product,
     VirtualSystem,
 )
+from ..package import check_name
 from .elements import (
     _attr,
     _child,
@@ -49,6 +52,31 @@ __all__ = ["MAX_DEPTH", "MAX_MARKUP", "parse_descriptor", "parse_xml"]
 
 # ---------------------------------------------------------------- reader
 
+
+def _distinct_ids(what: str, new: str, known: dict[str, str], path: str | None) -> None:
+    """References are read with outer white space stripped (``fileRef``,
+    ``HostResource``): ids equal once stripped make them ambiguous."""
+    key = new.strip()
+    old = known.get(key)
+    if old is not None and old != new:
+        raise DescriptorError(f"{what} ids {_shown(old)} and {_shown(new)} differ only in "
+                              "white space; a reference to either is ambiguous", path)
+    known[key] = new
+
+
+def _member_names(href: str, path: str | None) -> tuple[str, ...]:
+    """The member names ``Package.get`` may find ``href`` under (normalised,
+    then percent-decoded); an unsafe href is refused later, by the package,
+    and is compared as written here."""
+    try:
+        safe = check_name(href, path=path or href)
+        if "%" not in safe:
+            return (safe,)
+        return (safe, check_name(urllib.parse.unquote(safe), path=path or href))
+    except UnsafeMemberError:
+        return (href,)
+
+
 class _Reader(HardwareMixin):
     def __init__(self, root: etree._Element, path: str | None,
                  configuration: str | None) -> None:
@@ -60,6 +88,7 @@ class _Reader(HardwareMixin):
         self.configuration: str | None = None
         self.files: dict[str, FileRef] = {}
         self.files_by_href: dict[str, FileRef] = {}
+        self.files_by_name: dict[str, FileRef] = {}  # by normalised member name
         self.disk_of_file: dict[str, Disk] = {}  # File id -> the one Disk using it
         self.properties: dict[str, str | None] = {}
 
@@ -134,6 +163,7 @@ class _Reader(HardwareMixin):
         """Every References/File by id.  oVirt writes References twice: the
         same declaration again is harmless, a different one is ambiguous."""
         out: dict[str, FileRef] = {}
+        stripped: dict[str, str] = {}  # id, stripped -> as written
         sections = list(self._sections(self.root, "References"))
         if len(sections) > 1:
             self.warn(f"{len(sections)} References sections; read as one")
@@ -142,6 +172,7 @@ class _Reader(HardwareMixin):
                 ref = self._file(f)
                 old = out.get(ref.file_id)
                 if old is None:
+                    _distinct_ids("file", ref.file_id, stripped, self.path)
                     self._unique_href(ref)
                     out[ref.file_id] = ref
                 elif old == ref:
@@ -153,12 +184,18 @@ class _Reader(HardwareMixin):
         return out
 
     def _unique_href(self, ref: FileRef) -> None:
-        """Two Files naming one href: which declaration (size, compression,
-        chunking) describes the bytes cannot be told; refused."""
-        other = self.files_by_href.setdefault(ref.href, ref)
-        if other is not ref:
-            raise DescriptorError(f"files {_shown(other.file_id)} and {_shown(ref.file_id)} "
-                                  f"both have href {_shown(ref.href)}", self.path)
+        """Two Files naming one member: which declaration (size, compression,
+        chunking) describes the bytes cannot be told; refused.  Compared by
+        every name the package looks the href up by (``./a``, ``a/``,
+        ``.\\a`` and ``%61`` all find ``a``), not as strings."""
+        self.files_by_href.setdefault(ref.href, ref)
+        for name in _member_names(ref.href, self.path):
+            other = self.files_by_name.setdefault(name, ref)
+            if other is not ref:
+                raise DescriptorError(
+                    f"files {_shown(other.file_id)} (href {_shown(other.href)}) and "
+                    f"{_shown(ref.file_id)} (href {_shown(ref.href)}) name the same member "
+                    f"{_shown(name)}", self.path)
 
     def _file(self, f: etree._Element) -> FileRef:
         fid = _attr(f, "id")
@@ -191,6 +228,7 @@ class _Reader(HardwareMixin):
 
     def _disks(self, files: Mapping[str, FileRef]) -> dict[str, Disk]:
         out: dict[str, Disk] = {}
+        stripped: dict[str, str] = {}  # id, stripped -> as written
         sections = list(self._sections(self.root, "DiskSection"))
         # OVF 2 may also carry DiskSection inside VirtualSystem.
         for vs in self._all_vs():
@@ -200,6 +238,7 @@ class _Reader(HardwareMixin):
                 disk = self._disk(d, files)
                 old = out.get(disk.disk_id)
                 if old is None:
+                    _distinct_ids("disk", disk.disk_id, stripped, self.path)
                     self._one_disk_per_file(disk)
                     out[disk.disk_id] = disk
                 elif old == disk:
@@ -219,6 +258,21 @@ class _Reader(HardwareMixin):
             raise DescriptorError(f"file {_shown(disk.file_ref.file_id)} is used by two "
                                   f"disks, {_shown(other.disk_id)} and {_shown(disk.disk_id)}",
                                   self.path)
+
+    def _one_item_per_disk(self, sid: str, sys_disks: list[Disk]) -> None:
+        """Two disk Items naming one Disk (or File) with an image would import
+        the same bytes as two disks: like one File behind two Disks, refused.
+        A blank Disk named twice is left alone (vCenter's appliances do so
+        across configurations): two empty disks hold nobody's bytes."""
+        seen: set[str] = set()
+        for disk in sys_disks:
+            if disk.file_ref is None:
+                continue
+            key = disk.file_ref.file_id
+            if key in seen:
+                raise DescriptorError(f"system {_shown(sid)}: two disk items refer to disk "
+                                      f"{_shown(disk.disk_id)}", self.path)
+            seen.add(key)
 
     def _disk(self, d: etree._Element, files: Mapping[str, FileRef]) -> Disk:
         did = _attr(d, "diskId")
@@ -267,6 +321,11 @@ class _Reader(HardwareMixin):
             elif n > MAX_CAPACITY:
                 problem = (f"capacity {_shown(cap)} ({unit or 'byte'}) is more than a disk "
                            "image can hold (2^63 bytes)")
+            elif n > MAX_VIRTUAL_SIZE:
+                # The bound images and blank disks have: a populated disk
+                # would otherwise be created at what the descriptor says.
+                problem = (f"capacity {_shown(cap)} ({unit or 'byte'}) is {n} bytes, more "
+                           f"than the {MAX_VIRTUAL_SIZE >> 40} TiB a disk may have")
         if problem is None:
             return n
         self.warn(f"disk {did!r}: {problem}; import needs --disk N:size=SIZE")
@@ -286,29 +345,39 @@ class _Reader(HardwareMixin):
     # -- properties / configurations -------------------------------------
 
     def _all_properties(self) -> dict[str, str | None]:
-        """Every ProductSection property's default, by key (and class.key)."""
+        """Every ProductSection property's default, by key (and class.key).
+
+        One walk, each Property seen once and counted for its nearest
+        ProductSection: nested sections would otherwise be walked again for
+        every enclosing one (quadratic in the nesting)."""
         props: dict[str, str | None] = {}
-        for el in self.root.iter():
-            if not isinstance(el.tag, str) or _kind(el) != "ProductSection" or _qn(el)[0] != "ovf":
+        # (class, instance, defaults seen in this section) per open section
+        stack: list[tuple[str | None, str | None, dict[str, str | None]]] = []
+        for event, el in etree.iterwalk(self.root, events=("start", "end")):
+            if not isinstance(el.tag, str):
                 continue
-            cls = _attr(el, "class")
-            inst = _attr(el, "instance")
-            seen: dict[str, str | None] = {}  # in this section
-            for p in el.iter():
-                if not isinstance(p.tag, str) or _kind(p) != "Property":
-                    continue
-                key = _attr(p, "key")
-                if not key:
-                    continue
-                value = _attr(p, "value")
-                full = ".".join(x for x in (cls, key, inst) if x)
-                if key in seen and seen[key] != value:
-                    self.warn(f"property {full!r} is declared twice; its first default is "
-                              "used")
-                seen.setdefault(key, value)
-                props.setdefault(key, value)
-                props.setdefault(full, value)
+            kind = _kind(el)
+            if kind == "ProductSection" and _qn(el)[0] == "ovf":
+                if event == "start":
+                    stack.append((_attr(el, "class"), _attr(el, "instance"), {}))
+                else:
+                    stack.pop()
+            elif kind == "Property" and event == "start" and stack:
+                self._property(el, *stack[-1], props)
         return props
+
+    def _property(self, p: etree._Element, cls: str | None, inst: str | None,
+                  seen: dict[str, str | None], props: dict[str, str | None]) -> None:
+        key = _attr(p, "key")
+        if not key:
+            return
+        value = _attr(p, "value")
+        full = ".".join(x for x in (cls, key, inst) if x)
+        if key in seen and seen[key] != value:
+            self.warn(f"property {full!r} is declared twice; its first default is used")
+        seen.setdefault(key, value)
+        props.setdefault(key, value)
+        props.setdefault(full, value)
 
     def _configurations(self) -> tuple[tuple[str, ...], str | None]:
         sec = next(self._sections(self.root, "DeploymentOptionSection"), None)
@@ -398,6 +467,7 @@ class _Reader(HardwareMixin):
             cpus, memory, video, sys_disks, nics = self._hardware(hw, sid, disks)
         else:
             self.warn(f"system {sid!r}: no VirtualHardwareSection")
+        self._one_item_per_disk(sid, sys_disks)
         if not sys_disks and disks and len(self._all_vs()) == 1:
             self.warn(f"system {sid!r}: no disk items; using every disk of DiskSection "
                       "in order")

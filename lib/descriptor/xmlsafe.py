@@ -14,7 +14,7 @@ from lxml import etree
 
 from ..errors import DescriptorError
 
-__all__ = ["MAX_DEPTH", "MAX_MARKUP", "parse_xml"]
+__all__ = ["MAX_ATTRIBUTES", "MAX_DEPTH", "MAX_MARKUP", "parse_xml"]
 
 MAX_DEPTH = 64
 
@@ -25,6 +25,11 @@ MAX_DEPTH = 64
 #: ~2 s and ~100 MiB, where 64 MiB of empty elements would take minutes
 #: and gigabytes.  Counted in the bytes before any parsing.
 MAX_MARKUP = 200_000
+
+#: The most attributes (namespace declarations included) one start tag may
+#: have.  The corpus's most is 15 (XenCenter); libxml2's duplicate check is
+#: quadratic in them (100000 on one element: 50 s).  Counted in the bytes.
+MAX_ATTRIBUTES = 256
 
 
 def _parser() -> etree.XMLParser:
@@ -46,6 +51,7 @@ def parse_xml(data: bytes, *, path: str | None = None) -> etree._Element:
     is read again as UTF-8: that is what the producing tool meant.
     """
     _check_markup(data, path)
+    _check_attributes(data, path)
     _refuse_entity_declarations(data, path)
     try:
         root = etree.fromstring(data, _parser())
@@ -116,6 +122,27 @@ def _check_markup(data: bytes, path: str | None) -> None:
     if n > MAX_MARKUP:
         raise DescriptorError(f"{n} tags; refusing a descriptor of more than "
                               f"{MAX_MARKUP} (real ones have a few thousand)", path)
+
+
+# A start tag with more than MAX_ATTRIBUTES attributes: each alternative
+# is told by its first byte, so a failed match costs its tag's length.
+_CROWDED_TAG = re.compile(rb"<[^\s<>/!?]+(?:\s+[^\s=<>/]+\s*=\s*(?:\"[^\"]*\"|'[^']*'))"
+                          rb"{%d}" % (MAX_ATTRIBUTES + 1))
+
+
+def _check_attributes(data: bytes, path: str | None) -> None:
+    """Refuse a start tag with more attributes than any real descriptor,
+    before libxml2 spends quadratic time checking them for duplicates.
+    UTF-16 (libxml2 reads it too) is scanned as UTF-8."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or data[:4] in (b"<\x00?\x00", b"\x00<\x00?"):
+        enc = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else (
+            "utf-16-le" if data[0] == 0x3C else "utf-16-be")
+        data = data.decode(enc, "replace").encode("utf-8", "replace")
+    m = _CROWDED_TAG.search(data)
+    if m:
+        name = m.group(0)[1:].split(None, 1)[0][:80].decode("utf-8", "replace")
+        raise DescriptorError(f"element <{name}> has more than {MAX_ATTRIBUTES} attributes; "
+                              "refusing it (real descriptors have at most a few dozen)", path)
 
 
 def _xml_msg(e: etree.XMLSyntaxError) -> str:

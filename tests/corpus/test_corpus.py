@@ -102,10 +102,18 @@ OVERRIDES: dict[str, tuple[str, str, str | None]] = {
         "file 'file1' is used by two disks, 'vmdisk1' and 'vmdisk2'"),
     _XT + "Envelope/Neg/fileelements_samefile.ovf": (
         "error", "ovftool negative test: two Files with one href",
-        "files 'file1' and 'file2' both have href 'doesnotexist.vmdk'"),
+        "files 'file1' (href 'doesnotexist.vmdk') and 'file2' (href 'doesnotexist.vmdk') "
+        "name the same member 'doesnotexist.vmdk'"),
     _XT + "Envelope_1_0/Neg/fileelements_samefile.ovf": (
         "error", "ovftool negative test: two Files with one href",
-        "files 'file1' and 'file2' both have href 'doesnotexist.vmdk'"),
+        "files 'file1' (href 'doesnotexist.vmdk') and 'file2' (href 'doesnotexist.vmdk') "
+        "name the same member 'doesnotexist.vmdk'"),
+    "ganeti/ovfdata/virtualbox.ovf": (
+        "error", "two disk items name one disk with an image: its bytes would be imported "
+        "twice", "system 'Ubuntu-freshly-created': two disk items refer to disk 'vmdisk1'"),
+    "vmware/govmomi/external/nostalgia-two-disks-same.ovf": (
+        "error", "two disk items name one disk with an image: its bytes would be imported "
+        "twice", "system 'Nostalgia': two disk items refer to disk 'vmdisk1'"),
     # -- sizes that cannot be true
     _SEC + "negative-size-disk/haoUnOS2VMs.ovf": (
         "error", "VMware security test: ovf:size near -2^63",

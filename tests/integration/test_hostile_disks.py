@@ -17,7 +17,7 @@ from make_fixtures import Appliance, DiskSpec
 
 from ganeti_ovf import disks as diskmod
 from ganeti_ovf import report
-from ganeti_ovf.errors import DiskImageError, IntegrityError
+from ganeti_ovf.errors import DescriptorError, DiskImageError, IntegrityError
 from ganeti_ovf.importer import ImportRequest, import_package
 from ganeti_ovf.model import ByteRange
 
@@ -119,9 +119,9 @@ def vmdk_header(path: Path, capacity: int, grain: int, gd_offset: int, total: in
 def test_blank_petabyte_disk_refused(build, tmp_path, os_path):
     pkg, _ = build(Appliance(name="blank", disks=[DiskSpec(PB, blank=True)]), ova=False,
                    manifest=None)
-    with pytest.raises(DiskImageError, match=r"blank 'disk 0' claims a virtual size of "
-                       r"1125899906842624 bytes \(1024.0 TiB\); more than 64.0 TiB is not "
-                       r"accepted"):
+    with pytest.raises(DescriptorError, match=r"disk 'vmdisk0': capacity '1125899906842624' "
+                       r"\(byte\) is 1125899906842624 bytes, more than the 64 TiB a disk may "
+                       r"have; give its size with --disk 0:size=SIZE"):
         import_package(pkg, str(tmp_path / "o"), req(os_path))
     assert not any((tmp_path / "o").iterdir()) if (tmp_path / "o").exists() else True
 
@@ -151,6 +151,13 @@ def test_header_beyond_any_hypervisor_refused_even_if_declared(build, tmp_path, 
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), str(PB)], check=True)
     replace_disk(ovf, disk, img, capacity=PB)
     check = mocker.spy(diskmod, "check_image")
+    # Declared: refused from the descriptor (over the same 64 TiB bound).
+    with pytest.raises(DescriptorError, match=r"capacity '1125899906842624' \(byte\) is "
+                       r"1125899906842624 bytes, more than the 64 TiB a disk may have"):
+        import_package(str(ovf), str(tmp_path / "o"), req(os_path))
+    # Not declared (size from the image): refused from the header.
+    text = ovf.read_text()
+    ovf.write_text(text.replace(f'ovf:capacity="{PB}"', ""))
     with pytest.raises(DiskImageError, match=r"image 'peta2-disk1.qcow2' claims a virtual "
                        r"size of 1125899906842624 bytes .*more than 64.0 TiB"):
         import_package(str(ovf), str(tmp_path / "o"), req(os_path))
@@ -356,8 +363,8 @@ def test_verify_uses_the_same_inspection(build, tmp_path):
     pkg, _ = build(Appliance(name="vb", disks=[DiskSpec(PB, blank=True)]), ova=False,
                    manifest=None)
     problems, _ = report.verify_package(pkg)
-    assert any("blank 'disk 0' claims a virtual size of 1125899906842624" in p
-               for p in problems)
+    assert any("disk 'vmdisk0': capacity '1125899906842624' (byte) is 1125899906842624 "
+               "bytes, more than the 64 TiB a disk may have" in p for p in problems)
 
 
 @pytest.mark.parametrize("uri, fmt", [

@@ -507,3 +507,36 @@ def test_signed_package_verified_and_shown(build, tmp_path, os_path):
     with pytest.raises(IntegrityError, match=r"SHA256 signature of 'signed.mf' does not verify"):
         import_package(pkg, str(tmp_path / "o2"), req(os_path))
     assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("cap", [
+    b'ovf:capacity="1" ovf:capacityAllocationUnits="byte * 2^60"',
+    b'ovf:capacity="4611686018427387904"',
+    b'ovf:capacity="65" ovf:capacityAllocationUnits="byte * 2^40"',
+], ids=["1EiB-units", "2^62", "65TiB"])
+def test_populated_capacity_over_64tib_refused(build, tmp_path, os_path, cap):
+    """A disk with an image may not declare more than the 64 TiB bound images
+    and blank disks have: shown as unusable by info, refused by import
+    before anything is written, and the operator's --disk size is bounded
+    the same way."""
+    pkg, raws = build(Appliance(name="big", disks=[DiskSpec(2 * MIB, "raw")]), ova=False,
+                      manifest=None)
+    ovf = Path(pkg)
+    ovf.write_bytes(re.sub(rb'ovf:capacity="\d+"', cap, ovf.read_bytes()))
+    data = report.package_info(pkg)
+    assert any("more than the 64 TiB a disk may have; import needs --disk N:size=SIZE" in w
+               for w in data["warnings"]), data["warnings"]
+    out = tmp_path / "export"
+    with pytest.raises(DescriptorError, match=r"disk 'vmdisk0': capacity '\d+' .*is \d+ "
+                                              r"bytes, more than the 64 TiB a disk may have; "
+                                              r"give its size with --disk 0:size=SIZE$"):
+        import_package(pkg, str(out), req(os_path))
+    assert not out.exists() or os.listdir(out) == []
+    with pytest.raises(DiskImageError, match=r"'--disk 0:size=' claims a virtual size of "
+                                             r"71468255805440 bytes .*more than 64.0 TiB"):
+        import_package(pkg, str(out), req(os_path, disk_sizes={0: 65 << 40}))
+    assert not out.exists() or os.listdir(out) == []
+    res = import_package(pkg, str(out), req(os_path, disk_sizes={0: 4 * MIB}))
+    cp = ini(res.path)
+    assert cp["instance"]["disk0_size"] == "4"
+    assert dump_bytes(res.path, cp, 0)[: len(raws[0])] == raws[0]

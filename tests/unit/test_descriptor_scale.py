@@ -20,6 +20,7 @@ import pytest
 from ganeti_ovf import report
 from ganeti_ovf.descriptor import elements, reader
 from ganeti_ovf.descriptor.reader import MAX_MARKUP, parse_descriptor
+from ganeti_ovf.descriptor.xmlsafe import MAX_ATTRIBUTES
 from ganeti_ovf.errors import DescriptorError
 from ganeti_ovf.importer import ImportRequest, choose_system, plan_config
 
@@ -164,3 +165,77 @@ def test_60_mib_of_empty_elements_fails_fast_in_bounded_memory(tmp_path):
     assert elapsed < 10
     # The bytes themselves (60 MiB) and the interpreter: no tree was built.
     assert int(rss.read_text().split()[-1]) < 300 * 1024
+
+
+def nested_product_sections(depth: int, per: int = 20) -> bytes:
+    """``depth`` ProductSections nested in one another, ``per`` Properties in
+    each, the innermost one's referenced by the memory item."""
+    props = "".join(f'<Property ovf:key="p{i}" ovf:value="{i}"/>' for i in range(per))
+    nested = ""
+    for d in range(depth):
+        nested = f'<ProductSection ovf:class="c{d}"><Info>p</Info>{props}{nested}' \
+                 "</ProductSection>"
+    return envelope('<VirtualSystem ovf:id="vm"><Info>x</Info>' + nested
+                    + "<VirtualHardwareSection><Info>hw</Info><Item><rasd:AllocationUnits>"
+                    "byte * 2^20</rasd:AllocationUnits><rasd:ResourceType>4"
+                    "</rasd:ResourceType><rasd:VirtualQuantity>${c0.p7}"
+                    "</rasd:VirtualQuantity></Item></VirtualHardwareSection>"
+                    "</VirtualSystem>")
+
+
+def test_nested_product_sections_visit_each_property_once(monkeypatch):
+    """Finding 7: each ProductSection's subtree was walked for every
+    enclosing one (55 levels, 180000 Properties: 96 s).  Deterministic: the
+    reader's kind lookups at nesting 10 and 40."""
+    calls = 0
+    real = elements._kind
+
+    def counting(el):
+        nonlocal calls
+        calls += 1
+        return real(el)
+
+    for module in (elements, reader):
+        monkeypatch.setattr(module, "_kind", counting)
+    counts = []
+    for depth in (10, 40):
+        calls = 0
+        env = parse_descriptor(nested_product_sections(depth), path="t.ovf")
+        assert env.system().memory == 7 << 20
+        counts.append(calls)
+    assert counts[1] / counts[0] < 6, counts  # linear: ~4; quadratic: ~16
+
+
+def crowded(n: int) -> bytes:
+    """The system's Info element with ``n`` attributes."""
+    attrs = " ".join(f'a{i}="{i}"' for i in range(n))
+    return envelope(f'<VirtualSystem ovf:id="vm"><Info {attrs}>x</Info></VirtualSystem>')
+
+
+def test_100000_attributes_on_one_element_fail_fast():
+    """Finding 8: libxml2's duplicate-attribute check is quadratic (50 s for
+    100000 attributes in 1 MB); refused from the bytes, before parsing."""
+    data = crowded(100_000)
+    start = time.monotonic()
+    with pytest.raises(DescriptorError) as e:
+        parse_descriptor(data, path="t.ovf")
+    assert time.monotonic() - start < 5
+    assert str(e.value) == (f"t.ovf: element <Info> has more than {MAX_ATTRIBUTES} "
+                            "attributes; refusing it (real descriptors have at most a few "
+                            "dozen)")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-16-le", "utf-16-be"])
+def test_attribute_bound_is_exact_in_each_encoding(encoding):
+    """Up to the bound is read (namespace declarations count: the
+    Envelope's own are on another element); UTF-16 is scanned too."""
+    def encoded(n: int) -> bytes:
+        text = crowded(n).decode()
+        if encoding != "utf-8":
+            text = f'<?xml version="1.0" encoding="{encoding}"?>' + text
+        return text.encode(encoding)
+    env = parse_descriptor(encoded(MAX_ATTRIBUTES), path="t.ovf")
+    assert env.system().system_id == "vm"
+    with pytest.raises(DescriptorError, match=f"element <Info> has more than {MAX_ATTRIBUTES} "
+                       "attributes"):
+        parse_descriptor(encoded(MAX_ATTRIBUTES + 1), path="t.ovf")
