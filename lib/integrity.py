@@ -411,7 +411,7 @@ def parse_certificate_file(data: bytes, *, path: PathLike | None = None) -> Cert
 
     try:
         certs, rest = _load_certificates(pem)
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:  # the latter: no ValueError in 38
         raise IntegrityError("certificate is not a valid X.509 PEM certificate", path) from e
     if not certs:
         raise IntegrityError(f"certificate has no {_PEM_END.decode()!r} line", path)

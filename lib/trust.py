@@ -73,7 +73,8 @@ _KNOWN_CRITICAL = frozenset({
 })
 _WEAK_HASHES = ("md5", "sha1")
 # What cryptography 38 raises for a damaged certificate field it parses lazily.
-_LAZY_PARSE_ERRORS = (ValueError, KeyError, TypeError, UnsupportedAlgorithm)
+_LAZY_PARSE_ERRORS = (ValueError, KeyError, TypeError, UnsupportedAlgorithm,
+                      x509.InvalidVersion)
 _RSA_PKCS1 = frozenset({Sig.RSA_WITH_SHA224, Sig.RSA_WITH_SHA256, Sig.RSA_WITH_SHA384,
                         Sig.RSA_WITH_SHA512, Sig.RSA_WITH_SHA3_224, Sig.RSA_WITH_SHA3_256,
                         Sig.RSA_WITH_SHA3_384, Sig.RSA_WITH_SHA3_512})

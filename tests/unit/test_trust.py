@@ -600,3 +600,23 @@ def test_signature_checks_are_bounded(tmp_path):
     v = verdict(cert_file(keys[0], leaf, *carried), store_of(tmp_path, other))
     assert not v.trusted and v.reason == "too many candidate issuers to check"
     assert time.monotonic() - start < 10
+
+
+def test_certificate_of_an_unknown_version_is_one_line(pki, tmp_path):
+    """cryptography 38 raises InvalidVersion (no ValueError) for a version
+    field of 3 (X.509 "v4"): one IntegrityError for a package's .cert, one
+    usage error for a file the operator names."""
+    der = bytearray(pki["leaf"].public_bytes(serialization.Encoding.DER))
+    at = der.index(b"\xa0\x03\x02\x01\x02")  # tbsCertificate [0] version v3
+    der[at + 4] = 3
+    b64 = base64.encodebytes(bytes(der)).replace(b"\n", b"")
+    pem = (b"-----BEGIN CERTIFICATE-----\n"
+           + b"\n".join(b64[j:j + 64] for j in range(0, len(b64), 64))
+           + b"\n-----END CERTIFICATE-----\n")
+    head = cert_file(pki["leaf_key"], pki["leaf"]).partition(b"-----BEGIN")[0]
+    with pytest.raises(IntegrityError, match="not a valid X.509 PEM certificate"):
+        verify_certificate(head + pem, "pkg.mf", MANIFEST, path="pkg.cert")
+    f = tmp_path / "v4.pem"
+    f.write_bytes(pem)
+    with pytest.raises(UsageError, match="is not valid X.509"):
+        trust.load_store([str(f)], None)
