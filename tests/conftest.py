@@ -16,6 +16,20 @@ sys.path.insert(0, str(ROOT / "tools"))
 import make_fixtures  # noqa: E402
 
 
+def make_ganeti_dir(top: Path, os_search_path: list[str]) -> dict[str, str]:
+    """A stand-in for Ganeti's installed modules (its constants only: OS
+    search path, export dir) where no cluster is needed; the environment
+    that points ganeti-ovf at it."""
+    g = top / "ganeti"
+    (g / "ganeti").mkdir(parents=True)
+    (g / "ganeti" / "__init__.py").write_text("")
+    (g / "ganeti" / "_constants.py").write_text(
+        f"OS_SEARCH_PATH = {list(os_search_path)!r}\nEXPORT_DIR = {str(top / 'exports')!r}\n"
+        "OS_API_VERSIONS = frozenset([10, 15, 20])\nRELEASE_VERSION = '3.0.2'\n")
+    (g / "ganeti" / "constants.py").write_text("from ganeti._constants import *\n")
+    return {"GANETI_OVF_GANETI_DIR": str(g)}
+
+
 def make_os_dir(top: Path, name: str, api: str = "20", variants: list[str] | None = None,
                 scripts=("create", "export", "import", "rename", "verify")) -> Path:
     """A Ganeti OS definition directory, as ganeti-os-noop installs one."""

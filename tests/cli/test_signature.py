@@ -113,14 +113,9 @@ def world(tmp_path_factory):
 @pytest.fixture
 def env(tmp_path, os_path):
     """A Ganeti dir whose OS search path is the test's OS dir (no cluster)."""
-    g = tmp_path / "ganeti"
-    (g / "ganeti").mkdir(parents=True)
-    (g / "ganeti" / "__init__.py").write_text("")
-    (g / "ganeti" / "_constants.py").write_text(
-        f"OS_SEARCH_PATH = {os_path!r}\nEXPORT_DIR = {str(tmp_path / 'exports')!r}\n"
-        "OS_API_VERSIONS = frozenset([10, 15, 20])\nRELEASE_VERSION = '3.0.2'\n")
-    (g / "ganeti" / "constants.py").write_text("from ganeti._constants import *\n")
-    return {"GANETI_OVF_GANETI_DIR": str(g)}
+    from conftest import make_ganeti_dir
+
+    return make_ganeti_dir(tmp_path, os_path)
 
 
 def lines(text: str) -> list[str]:

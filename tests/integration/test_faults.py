@@ -58,18 +58,11 @@ def big(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ganeti_env(tmp_path_factory) -> dict[str, str]:
     """A Ganeti dir whose OS search path holds 'noop' (no cluster)."""
-    from conftest import make_os_dir
+    from conftest import make_ganeti_dir, make_os_dir
 
     top = tmp_path_factory.mktemp("ganeti")
     make_os_dir(top / "os", "noop", api="10", scripts=("create", "export", "import", "rename"))
-    g = top / "ganeti"
-    (g / "ganeti").mkdir(parents=True)
-    (g / "ganeti" / "__init__.py").write_text("")
-    (g / "ganeti" / "_constants.py").write_text(
-        f"OS_SEARCH_PATH = {[str(top / 'os')]!r}\nEXPORT_DIR = {str(top / 'exports')!r}\n"
-        "OS_API_VERSIONS = frozenset([10, 15, 20])\nRELEASE_VERSION = '3.0.2'\n")
-    (g / "ganeti" / "constants.py").write_text("from ganeti._constants import *\n")
-    return {**os.environ, "GANETI_OVF_GANETI_DIR": str(g)}
+    return {**os.environ, **make_ganeti_dir(top, [str(top / "os")])}
 
 
 @pytest.fixture(scope="module")
