@@ -44,7 +44,6 @@ __all__ = [
     "declares_raw",
     "check_declared",
     "detect_format",
-    "check_vmdk_header",
 ]
 
 
@@ -284,52 +283,3 @@ def detect_format(src: ByteRange, *, name: str | None = None) -> str:
                 continue
             raise DiskImageError(f"{what} image: {why}", label)
     return "raw"
-
-
-# --- metadata that must scale with the size ------------------------------
-
-_GD_AT_END = 0xFFFFFFFFFFFFFFFF
-_COMPRESSED_GRAINS = 1 << 16  # header flags: grains are deflated (streamOptimized)
-#: The VMDK spec: "grainSize must be a power of 2 and must be greater than
-#: 8 (4 KB)"; every tool writes 128.  Smaller grains multiply the work of
-#: every reader (qemu-img walks them one by one).
-MIN_GRAIN_SECTORS = 8
-
-
-def check_vmdk_header(src: ByteRange, *, name: str) -> None:
-    """Refuse a sparse VMDK header whose metadata cannot be in the file.
-
-    The grain directory has one 4-byte entry per grain table, i.e. per
-    ``numGTEsPerGT`` grains of the capacity; when it is in place (not the
-    streamOptimized footer's), it must fit inside the image.  Grains must
-    be as large as the spec says.  Both bound the work qemu-img does by
-    the package's bytes instead of by a declared size.
-    """
-    head = _read(src, 0, SECTOR, name)
-    if not head.startswith(b"KDMV"):
-        return
-    capacity, grain = _u64le(head, 12), _u64le(head, 20)
-    gtes, gd_offset = _u32le(head, 44), _u64le(head, 56)
-    if grain < MIN_GRAIN_SECTORS or grain & (grain - 1):
-        raise DiskImageError(f"VMDK grain size of {grain} sectors is not a power of 2 of at "
-                             f"least {MIN_GRAIN_SECTORS}; not accepted", name)
-    if gd_offset == _GD_AT_END:
-        return  # streamOptimized: the footer's directory, checked by qemu-img check
-    if gtes == 0:
-        raise DiskImageError("VMDK header has 0 entries per grain table", name)
-    grains = -(-capacity // grain)
-    tables = -(-grains // gtes)
-    gd_end = gd_offset * SECTOR + tables * 4
-    if gd_end > src.size:
-        raise DiskImageError(
-            f"VMDK grain directory for {capacity} sectors ends at byte {gd_end}, beyond the "
-            f"end of the image ({src.size} bytes): the header claims more than the file holds",
-            name)
-    if not _u32le(head, 8) & _COMPRESSED_GRAINS and tables * gtes * 4 > src.size:
-        # A hosted sparse extent holds every grain table from its creation
-        # (VMware and qemu-img both preallocate them: an empty 8 GiB one is
-        # ~1 MiB): a file too small for them claims a capacity it has no
-        # metadata for, and would make qemu-img walk it grain by grain.
-        raise DiskImageError(
-            f"VMDK header claims {capacity} sectors, whose grain tables alone take "
-            f"{tables * gtes * 4} bytes, more than the image holds ({src.size} bytes)", name)

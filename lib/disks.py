@@ -7,7 +7,7 @@ same rules:
   (:func:`detect_format`) and always passed with ``-f``; qemu-img never
   probes.  Formats qemu could read but we do not accept are refused by magic
   (:data:`REFUSED_MAGIC`), and so are headers that point qemu at other files.
-* Images are opened through a ``json:`` filename (:func:`json_filename`):
+* Images are opened through a ``json:`` filename (:mod:`ganeti_ovf.qemuspec`):
   a byte range of a real file, read-only, ``"backing": null``.  A member of
   an OVA is read in place, never extracted.
 * Nothing outside the image is ever opened: backing files, external data
@@ -21,6 +21,10 @@ same rules:
 * Sizes are checked before work grows with them (:func:`inspect`): the
   declared format, the VMDK header's bounds, the virtual size against the
   disk size and :data:`MAX_VIRTUAL_SIZE` come before ``check`` and ``map``.
+* A compressed (streamOptimized) VMDK is checked, measured and converted
+  by :mod:`ganeti_ovf.vmdkreader` instead: qemu-img would walk it one
+  grain at a time, in time that grows with the capacity it declares
+  rather than with its bytes.  ``info`` still opens it first.
   Formats themselves are described in :mod:`ganeti_ovf.diskformats`.
 * Every failure is a :class:`~ganeti_ovf.errors.DiskImageError` whose one
   line names the image as the operator knows it (``disk1.vmdk``) and quotes
@@ -29,18 +33,17 @@ same rules:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
 import os
 import shutil
-import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from . import qemuimg, sparse
+from . import qemuimg, qemuspec, sparse, vmdkreader
 from .diskformats import (
     ACCEPTED_FORMATS,
     CHECKED_FORMATS,
@@ -48,13 +51,13 @@ from .diskformats import (
     REFUSED_MAGIC,
     _read,
     check_declared,
-    check_vmdk_header,
     detect_format,
 )
 from .errors import DiskImageError
 from .exportdir import human_size
 from .model import ByteRange
 from .qemuimg import Limits as _Limits
+from .qemuspec import json_filename
 from .staging import no_space
 
 __all__ = [
@@ -140,78 +143,13 @@ class ImageInfo:
     corrupt: bool = False
     encrypted: bool = False
     filename: str = ""
+    #: A compressed VMDK's layout, read by us (:mod:`ganeti_ovf.vmdkreader`):
+    #: what stands in for ``qemu-img check``, ``map`` and ``convert``.
+    stream: vmdkreader.Layout | None = None
 
 
 def _u32le(b: bytes, off: int) -> int:
     return struct.unpack_from("<I", b, off)[0] if len(b) >= off + 4 else 0
-
-
-# --- json: filenames ----------------------------------------------------
-
-
-def _file_node(src: ByteRange, label: str) -> tuple[dict[str, Any], bool]:
-    """qemu's node for the range, and whether it is the whole file.
-
-    qemu's raw driver wants ``size`` in whole 512-byte sectors, so a range
-    that ends mid-sector is widened to the end of that sector -- allowed only
-    when the range starts on a sector boundary, as tar members do, so the
-    extra bytes are the member's own tar padding, never another member.
-    """
-    path = os.path.abspath(src.path)
-    shown = src.label or src.path
-    try:
-        path.encode("utf-8")  # qemu's JSON is UTF-8; a stray byte names another file
-    except UnicodeEncodeError as e:
-        raise DiskImageError(f"file name {shown!r} is not valid UTF-8", label) from e
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise DiskImageError(f"cannot read {shown!r}: {e.strerror or e}", label) from e
-    if not stat.S_ISREG(st.st_mode):
-        raise DiskImageError(f"{shown!r} is not a regular file", label)
-    if src.size <= 0:
-        raise DiskImageError("image is empty", label)
-    if src.offset < 0 or src.offset + src.size > st.st_size:
-        raise DiskImageError(
-            f"byte range {src.offset}+{src.size} runs past the end of "
-            f"{shown!r} ({st.st_size} bytes)",
-            label,
-        )
-    file_node: dict[str, Any] = {"driver": "file", "filename": path}
-    if src.offset == 0 and src.size == st.st_size:
-        return file_node, True
-    size = -(-src.size // _SECTOR) * _SECTOR
-    if size != src.size and (src.offset % _SECTOR or src.offset + size > st.st_size):
-        raise DiskImageError(
-            f"byte range {src.offset}+{src.size} of {shown!r} cannot be read "
-            "in place (qemu needs whole 512-byte sectors)",
-            label,
-        )
-    node = {"driver": "raw", "offset": src.offset, "size": size, "file": file_node}
-    return node, False
-
-
-def _check_format(fmt: str, label: str) -> None:
-    if fmt not in ACCEPTED_FORMATS:
-        raise DiskImageError(f"disk format {fmt!r} is not accepted", label)
-
-
-def _spec(src: ByteRange, fmt: str, label: str) -> tuple[str, bool]:
-    _check_format(fmt, label)
-    node, whole = _file_node(src, label)
-    # read-only: not even `check -r` could write; backing null: never open
-    # a backing file, whatever the header says (every driver accepts it).
-    spec = {"driver": fmt, "read-only": True, "backing": None, "file": node}
-    return "json:" + json.dumps(spec, separators=(",", ":")), whole
-
-
-def json_filename(src: ByteRange, fmt: str) -> str:
-    """The ``json:`` filename opening ``src`` as ``fmt``: read-only, no backing.
-
-    Validates the range against the file (DiskImageError) so qemu is never
-    asked for bytes that are not there.
-    """
-    return _spec(src, fmt, src.path)[0]
 
 
 # --- running qemu-img ---------------------------------------------------
@@ -309,7 +247,7 @@ def image_info(src: ByteRange, fmt: str, *, name: str | None = None) -> ImageInf
     strace on qemu-img 7.2), so it is safe to run before check_safe.
     """
     label = name or src.label or src.path
-    spec, whole = _spec(src, fmt, label)
+    spec, whole = qemuspec.spec(src, fmt, label)
     out = _run(
         ["info", "-f", fmt, "--output=json", spec],
         name=label,
@@ -378,7 +316,7 @@ def check_image(src: ByteRange, fmt: str, *, name: str) -> None:
     no metadata).  Call after check_safe: ``check`` opens external data
     files.
     """
-    spec, _ = _spec(src, fmt, name)
+    spec, _ = qemuspec.spec(src, fmt, name)
     if fmt == "vdi":
         problem = _vdi_truncated(src, name)
         if problem:
@@ -434,13 +372,26 @@ def inspect(src: ByteRange, *, name: str, limit: int | None = None,
     """
     fmt = detect_format(src, name=name)
     check_declared(declared, fmt, name=name, path=path)
-    if fmt == "vmdk":
-        check_vmdk_header(src, name=name)
+    header = vmdkreader.check_header(src, name=name) if fmt == "vmdk" else None
     info = image_info(src, fmt, name=name)
     check_size(info.virtual_size, name=name, limit=limit, path=path)
+    return fmt, _checked(src, info, header, name)
+
+
+def _checked(src: ByteRange, info: ImageInfo, header: vmdkreader.Header | None,
+             name: str) -> ImageInfo:
+    """check_safe, then the metadata check: qemu-img's, or for a compressed
+    VMDK our reading of its grain tables (qemu-img walks those grain by
+    grain, in time that grows with the declared capacity)."""
     check_safe(info, name=name)
-    check_image(src, fmt, name=name)
-    return fmt, info
+    if header is None or not header.compressed:
+        check_image(src, info.format, name=name)
+        return info
+    layout = vmdkreader.scan(src, name=name)
+    if layout.virtual_size != info.virtual_size:
+        raise DiskImageError(f"VMDK holds {layout.virtual_size} bytes by its header, "
+                             f"{info.virtual_size} by qemu-img", name)
+    return dataclasses.replace(info, stream=layout)
 
 
 class _DataCounter:
@@ -464,13 +415,16 @@ class _DataCounter:
             raise DiskImageError(f"qemu-img map gave no usable answer: {e}", self.name) from e
 
 
-def data_bytes(src: ByteRange, fmt: str, *, name: str) -> int:
+def data_bytes(src: ByteRange, fmt: str, *, name: str, info: ImageInfo | None = None) -> int:
     """Bytes of guest data the image holds (its allocated extents), an upper
     bound of what its sparse raw conversion occupies.  For raw, the range's
-    data (SEEK_DATA/SEEK_HOLE: holes of a sparse file or OVA do not count)."""
+    data (SEEK_DATA/SEEK_HOLE: holes of a sparse file or OVA do not count);
+    for a compressed VMDK its grains, counted when ``info`` was made."""
     if fmt == "raw":
         return sparse.allocated(src.path, src.offset, src.size)
-    spec, _ = _spec(src, fmt, name)
+    if info is not None and info.stream is not None:
+        return info.stream.data_bytes
+    spec, _ = qemuspec.spec(src, fmt, name)
     count = _DataCounter(name)
     _run(["map", "-f", fmt, "--output=json", spec], name=name, limits=_CHECK_LIMITS,
          on_line=count)
@@ -492,11 +446,14 @@ def convert_to_raw(src: ByteRange, fmt: str, dest: str, *, name: str,
     """
     info = inspected
     if info is None:
+        header = vmdkreader.check_header(src, name=name) if fmt == "vmdk" else None
         info = image_info(src, fmt, name=name)
         check_size(info.virtual_size, name=name)
-        check_safe(info, name=name)
-        check_image(src, fmt, name=name)
-    spec, _ = _spec(src, fmt, name)
+        info = _checked(src, info, header, name)
+    if info.stream is not None:
+        vmdkreader.convert(src, info.stream, os.path.abspath(dest), name=name)
+        return
+    spec, _ = qemuspec.spec(src, fmt, name)
     try:
         _run(
             ["convert", "-q", "-f", fmt, "-O", "raw", spec, os.path.abspath(dest)],
@@ -527,22 +484,6 @@ def create_blank(dest: str, size: int) -> None:
          limits=_INFO_LIMITS)
 
 
-def _trusted_spec(path: str, fmt: str, label: str, size: int | None = None) -> str:
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise DiskImageError(f"cannot read {path!r}: {e.strerror or e}", label) from e
-    if stat.S_ISBLK(st.st_mode):
-        # An instance's own block device (blockdev, LVM), read in place;
-        # ``size`` caps it at the disk size Ganeti records.
-        file_node: dict[str, Any] = {"driver": "host_device", "filename": os.path.abspath(path)}
-        if size is not None:
-            file_node = {"driver": "raw", "offset": 0, "size": size, "file": file_node}
-        spec = {"driver": fmt, "read-only": True, "backing": None, "file": file_node}
-        return "json:" + json.dumps(spec, separators=(",", ":"))
-    return _spec(ByteRange(path, 0, st.st_size if size is None else size), fmt, label)[0]
-
-
 def convert_from_raw(src_path: str, dest: str, out_fmt: str, *, name: str,
                      size: int | None = None) -> None:
     """Write raw ``src_path`` (a Ganeti dump, or an instance's file or block
@@ -554,7 +495,7 @@ def convert_from_raw(src_path: str, dest: str, out_fmt: str, *, name: str,
     if out_fmt not in EXPORT_FORMATS:
         choices = ", ".join(sorted(EXPORT_FORMATS))
         raise DiskImageError(f"output format {out_fmt!r} is not one of {choices}", name)
-    spec = _trusted_spec(src_path, "raw", name, size)
+    spec = qemuspec.trusted_spec(src_path, "raw", name, size)
     _run(
         [
             "convert",
@@ -577,7 +518,7 @@ def _length(path: str) -> int:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return 0  # _trusted_spec has reported a missing file already
+        return 0  # trusted_spec has reported a missing file already
     try:
         return os.lseek(fd, 0, os.SEEK_END)
     finally:

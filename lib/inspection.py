@@ -78,7 +78,7 @@ def inspect_disk(pkg: Package, disk: Disk | None, size: int, index: int, *,
     # size are checked before qemu-img does work that grows with the image.
     fmt, info = diskmod.inspect(src, name=ref.href, limit=size or None,
                                 declared=disk.format_uri, path=pkg.path)
-    need = diskmod.data_bytes(src, fmt, name=ref.href) if data else 0
+    need = diskmod.data_bytes(src, fmt, name=ref.href, info=info) if data else 0
     return DiskInspection(index, max(size, info.virtual_size), ref, disk, src, fmt, info,
                           need=need)
 

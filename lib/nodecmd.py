@@ -41,7 +41,6 @@ import stat
 import subprocess
 import sys
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -113,17 +112,31 @@ def _device(path: str) -> str:
 
 
 def _export(data: dict) -> int:
-    with tempfile.TemporaryDirectory(prefix="ganeti-ovf-sign-") as keys:
-        signing = data.get("signing")
-        if signing:
-            for what in ("key", "cert"):
-                fd = os.open(os.path.join(keys, what), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                             0o600)
-                with os.fdopen(fd, "w", encoding="ascii") as f:
-                    f.write(signing[what])
-            data["request"].update(sign_key=os.path.join(keys, "key"),
-                                   sign_cert=os.path.join(keys, "cert"))
+    """Run the node's export; the signing key, if any, is written into a
+    locked 0700 working directory of the export directory, so that one a
+    SIGKILL left is removed by the next run like any stale staging."""
+    signing = data.get("signing")
+    if not signing:
         return _export_with(data)
+    keys, lock = work_dir(_staging_root(data), "sign")
+    try:
+        for what in ("key", "cert"):
+            fd = os.open(os.path.join(keys, what), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                         0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(signing[what])
+        data["request"].update(sign_key=os.path.join(keys, "key"),
+                               sign_cert=os.path.join(keys, "cert"))
+        return _export_with(data)
+    finally:
+        shutil.rmtree(keys, ignore_errors=True)
+        os.close(lock)
+
+
+def _staging_root(data: dict) -> str:
+    root = data.get("staging_root") or ganeti_env.export_dir()
+    os.makedirs(root, mode=0o755, exist_ok=True)
+    return root
 
 
 def _export_with(data: dict) -> int:
@@ -144,9 +157,7 @@ def _export_with(data: dict) -> int:
         _warn(result.warnings)
         print(result.path, flush=True)
         return 0
-    root = data.get("staging_root") or ganeti_env.export_dir()
-    os.makedirs(root, mode=0o755, exist_ok=True)
-    staging, lock = work_dir(root, "export")
+    staging, lock = work_dir(_staging_root(data), "export")
     try:
         result = export_config(cfg, paths, staging, req, progress=progress, label=label)
         _warn(result.warnings)

@@ -67,12 +67,21 @@ def ganeti_env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def big_ova(big, tmp_path_factory) -> Path:
-    """Our own OVA of the big dump (streamOptimized VMDK): its import runs
-    qemu-img convert for a second or more."""
-    out = tmp_path_factory.mktemp("big-ova")
-    p = subprocess.run([sys.executable, SCRIPT, "export", "--ova", "--external", str(big),
-                        "--output-dir",
-                        str(out)], capture_output=True, text=True, timeout=300, check=False)
+    """Our own OVA of the big dump (streamOptimized VMDK, which our own
+    reader converts): its import takes a second or more."""
+    return _export_ova(big, tmp_path_factory.mktemp("big-ova"))
+
+
+@pytest.fixture(scope="module")
+def big_qcow2_ova(big, tmp_path_factory) -> Path:
+    """The same as a qcow2 disk: its import runs qemu-img convert."""
+    return _export_ova(big, tmp_path_factory.mktemp("big-qcow2-ova"), "--format", "qcow2")
+
+
+def _export_ova(big: Path, out: Path, *args: str) -> Path:
+    p = subprocess.run([sys.executable, SCRIPT, "export", "--ova", "--external", *args,
+                        str(big), "--output-dir", str(out)],
+                       capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 0, p.stderr
     return out / "qa-src.ova"
 
@@ -356,8 +365,8 @@ def small_fs(tmp_path):
 def test_gzip_disk_expanding_past_the_free_space(tmp_path, small_fs, ganeti_env, fmt):
     """A 64 MiB disk that compresses to almost nothing, imported onto 16 MiB:
     one line naming the mount point and the file; nothing left behind.  A
-    raw disk fills up while it is decompressed, a VMDK while qemu-img
-    converts it."""
+    raw disk fills up while it is decompressed, a VMDK while our reader
+    inflates it."""
     export = tmp_path / "src"
     export.mkdir()
     shutil.copy(SAMPLES / "plain" / "config.ini", export / "config.ini")
@@ -471,21 +480,22 @@ def _qemu_img_of(pid: int) -> int:
     raise LookupError
 
 
-def test_qemu_img_killed_mid_import(big_ova, tmp_path, ganeti_env):
+def test_qemu_img_killed_mid_import(big_qcow2_ova, tmp_path, ganeti_env):
     """qemu-img dying under the import (OOM killer, an operator's kill): one
     line naming the disk and the signal, nothing left, and a rerun works."""
     out = tmp_path / "out"
     out.mkdir()
-    p = start("import", str(big_ova), "-o", "noop", "--output-dir", str(out), env=ganeti_env)
+    p = start("import", str(big_qcow2_ova), "-o", "noop", "--output-dir", str(out),
+              env=ganeti_env)
     wait_for_data(out, p)
     os.kill(_qemu_img_of(p.pid), signal.SIGKILL)
     code, err = finish(p)
     assert code == 1 and len(err) == 1, err
-    assert err[0].startswith("ovfconverter: error: qa-src-disk0.vmdk: qemu-img convert ")
+    assert err[0].startswith("ovfconverter: error: qa-src-disk0.qcow2: qemu-img convert ")
     assert "signal 9 (SIGKILL)" in err[0] and "Traceback" not in err[0]
     assert os.listdir(out) == []
-    code, err = finish(start("import", str(big_ova), "-o", "noop", "--output-dir", str(out),
-                             "-q", env=ganeti_env))
+    code, err = finish(start("import", str(big_qcow2_ova), "-o", "noop", "--output-dir",
+                             str(out), "-q", env=ganeti_env))
     assert (code, err) == (0, [])
     assert os.listdir(out) == ["qa-src"]
 

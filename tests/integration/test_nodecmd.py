@@ -123,3 +123,27 @@ def test_failure_on_the_target_is_the_one_reported(tmp_path: Path):
         run_pipeline(_Cli(), [("node1", nodecmd.helper_argv("export")), ("node2", target)],
                      data)
     assert os.listdir(staging_root) == []
+
+
+def test_signing_key_lives_in_a_locked_staging_dir(tmp_path: Path, monkeypatch):
+    """The node's copy of the signing key is written into a locked 0700
+    working directory of the export directory (not /tmp): one a SIGKILL
+    left is removed by the next run as stale staging; after the run it is
+    gone."""
+    root = tmp_path / "exports"
+    seen = {}
+
+    def export_with(data):
+        key = Path(data["request"]["sign_key"])
+        seen.update(key=key, mode=key.stat().st_mode & 0o777,
+                    dir_mode=key.parent.stat().st_mode & 0o777, text=key.read_text())
+        return 0
+
+    monkeypatch.setattr(nodecmd, "_export_with", export_with)
+    signing = _signing(tmp_path)
+    assert nodecmd._export({"request": {}, "signing": signing,
+                            "staging_root": str(root)}) == 0
+    assert seen["key"].parent.parent == root and seen["key"].parent.name.startswith(
+        ".ganeti-ovf-sign.")
+    assert (seen["mode"], seen["dir_mode"], seen["text"]) == (0o600, 0o700, signing["key"])
+    assert os.listdir(root) == []
