@@ -66,7 +66,7 @@ _MARKER = struct.Struct("<QII")  # value, size, type
 _GRAIN_MARKER = struct.Struct("<QI")  # LBA, compressed size
 _FOOTER, _EOS = 3, 0
 _GD_CHUNK = 16384  # grain directory entries read at a time (64 KiB)
-_WINDOW = 4 << 20  # bytes of the file read at a time while converting
+_WINDOW = 1 << 20  # bytes of the file read at a time while converting
 _BLOCK = 4096  # zero blocks of this size stay holes, as qemu-img's -S 4k
 
 
@@ -447,7 +447,8 @@ def convert(src: ByteRange, layout: Layout, dest: str, *, name: str,
                 for f in ahead:
                     f.cancel()
                 raise
-        os.fdatasync(out)
+        # No fsync, as qemu-img convert (cache=unsafe): the dump is staging
+        # that Ganeti reads next, and a crash discards it anyway.
     except OSError as e:
         raise no_space(e, dest, DiskImageError) or DiskImageError(
             f"cannot write {dest!r}: {e.strerror or e}", dest) from e
