@@ -25,7 +25,9 @@ inflated twice and no two readers can see different disks:
   as sequential ones do, would put it elsewhere);
 * a grain inflates to exactly its size (the last one at least to the
   capacity), and the file is whole 512-byte sectors;
-* grains are 8 to 2048 sectors (every producer writes 128).
+* grains are 8 to 2048 sectors and grain tables 512 entries (every
+  producer writes 128 and 512), so the work per byte of the file is
+  bounded.
 """
 
 from __future__ import annotations
@@ -212,6 +214,9 @@ def check_header(src: ByteRange, *, name: str) -> Header | None:
     h = read_header(src, name=name)
     if h is None:
         return None
+    if h.compressed and h.gtes != MAX_GTES:  # smaller tables multiply the reads
+        raise DiskImageError(f"compressed VMDK has {h.gtes} entries per grain table; only "
+                             f"{MAX_GTES}, what every producer writes, is accepted", name)
     _check_grains(h, src.size, name)
     if h.compressed:
         if h.version > 3:

@@ -310,6 +310,10 @@ def lie_footer(img: Path) -> None:
     write_at(img, img.stat().st_size - 512 + 12, struct.pack("<I", 7))
 
 
+def lie_small_tables(img: Path) -> None:
+    write_at(img, img.stat().st_size - 1024 + 44, struct.pack("<I", 1))
+
+
 def lie_huge_grains(img: Path) -> None:
     write_at(img, img.stat().st_size - 1024 + 20, struct.pack("<Q", 4096))
 
@@ -329,6 +333,7 @@ def lie_huge_grains(img: Path) -> None:
     (lie_truncated_stream, r"grain 0 at sector \d+ is truncated"),
     (lie_footer, r"VMDK footer is invalid"),
     (lie_huge_grains, r"compressed VMDK grain size of 4096 sectors is more than 2048"),
+    (lie_small_tables, r"compressed VMDK has 1 entries per grain table; only 512"),
 ], ids=lambda v: getattr(v, "__name__", "msg"))
 def test_lies_refused_in_one_line(tmp_path, lie, message):
     img = two_tables(tmp_path)
