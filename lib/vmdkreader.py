@@ -32,18 +32,18 @@ inflated twice and no two readers can see different disks:
 
 from __future__ import annotations
 
-import collections
+import functools
 import itertools
 import os
 import struct
 import zlib
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import sparse
 from .errors import DiskImageError
 from .model import ByteRange
+from .ordered import run_ordered
 from .staging import no_space
 
 __all__ = ["Header", "Layout", "read_header", "check_header", "scan", "convert",
@@ -420,38 +420,32 @@ def convert(src: ByteRange, layout: Layout, dest: str, *, name: str,
         out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise DiskImageError(f"cannot create {dest!r}: {e.strerror or e}", dest) from e
-    workers = workers or max(1, os.cpu_count() or 1)
-    ahead: collections.deque[Future[list[tuple[int, int]]]] = collections.deque()
     end = 0
 
-    def drain(keep: int) -> None:
+    def take(spans: list[tuple[int, int]]) -> None:
         nonlocal end
-        while len(ahead) > keep:
-            for start, stop in ahead.popleft().result():
-                if start < end:  # without markers: where the previous stream ended
-                    raise DiskImageError(f"VMDK grain at sector {start // SECTOR} lies "
-                                         "inside the previous grain's compressed data", name)
-                end = stop
+        for start, stop in spans:
+            if start < end:  # without markers: where the previous stream ended
+                raise DiskImageError(f"VMDK grain at sector {start // SECTOR} lies "
+                                     "inside the previous grain's compressed data", name)
+            end = stop
+
+    def jobs(img: _Image) -> Iterator[Callable[[], list[tuple[int, int]]]]:
+        batch: list[_Record] = []
+        size = 0
+        for rec in _records(img, h):
+            batch.append(rec)
+            size += len(rec.payload)
+            if size >= _WINDOW:
+                yield functools.partial(_convert_batch, out, batch, h, dest, name)
+                batch, size = [], 0
+        if batch:
+            yield functools.partial(_convert_batch, out, batch, h, dest, name)
+
     try:
         os.ftruncate(out, layout.virtual_size)
-        with _Image(src, name) as img, ThreadPoolExecutor(
-                max_workers=workers, thread_name_prefix="vmdk-in") as pool:
-            try:
-                batch: list[_Record] = []
-                size = 0
-                for rec in itertools.chain(_records(img, h), [None]):
-                    if rec is not None:
-                        batch.append(rec)
-                        size += len(rec.payload)
-                    if batch and (rec is None or size >= _WINDOW):
-                        ahead.append(pool.submit(_convert_batch, out, batch, h, dest, name))
-                        batch, size = [], 0
-                        drain(2 * workers + 2)
-                drain(0)
-            except BaseException:
-                for f in ahead:
-                    f.cancel()
-                raise
+        with _Image(src, name) as img:
+            run_ordered(jobs(img), take, workers=workers, name="vmdk-in")
         # No fsync, as qemu-img convert (cache=unsafe): the dump is staging
         # that Ganeti reads next, and a crash discards it anyway.
     except OSError as e:

@@ -20,15 +20,14 @@ bounded number ahead of the writer so memory stays flat.
 
 from __future__ import annotations
 
-import collections
-import os
+import functools
 import struct
 import uuid
 import zlib
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 
 from . import sparse
+from .ordered import run_ordered
 
 __all__ = ["GRAIN", "write_stream_optimized", "descriptor_text", "stored_bound"]
 
@@ -194,35 +193,27 @@ def write_stream_optimized(fd: int, size: int, write: Sink, *, extent_name: str,
         directory[table_index] = pos + 1
         pos += 1 + GT_SECTORS
 
-    workers = workers or max(1, os.cpu_count() or 1)
-    ahead: collections.deque[Future] = collections.deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vmdk") as pool:
-        def drain(keep: int) -> None:
-            nonlocal pos, table, table_index
-            while len(ahead) > keep:
-                blob, where = ahead.popleft().result()
-                if not where:
-                    continue
-                for index, at in where:
-                    t = index // GT_ENTRIES
-                    if t != table_index:
-                        flush_table()
-                        table, table_index = [0] * GT_ENTRIES, t
-                    assert table is not None
-                    table[index % GT_ENTRIES] = pos + at
-                write(blob)
-                pos += len(blob) // SECTOR
+    def take(done: tuple[bytes, list[tuple[int, int]]]) -> None:
+        nonlocal pos, table, table_index
+        blob, where = done
+        if not where:
+            return
+        for index, at in where:
+            t = index // GT_ENTRIES
+            if t != table_index:
+                flush_table()
+                table, table_index = [0] * GT_ENTRIES, t
+            assert table is not None
+            table[index % GT_ENTRIES] = pos + at
+        write(blob)
+        pos += len(blob) // SECTOR
 
-        try:
-            for off in sparse.data_windows(fd, size, WINDOW):
-                data = sparse.read_exact(fd, off, min(WINDOW, size - off), label)
-                ahead.append(pool.submit(_deflate_window, data, off // GRAIN, level))
-                drain(2 * workers + 2)
-            drain(0)
-        except BaseException:
-            for f in ahead:
-                f.cancel()
-            raise
+    def jobs() -> Iterator[Callable[[], tuple[bytes, list[tuple[int, int]]]]]:
+        for off in sparse.data_windows(fd, size, WINDOW):
+            data = sparse.read_exact(fd, off, min(WINDOW, size - off), label)
+            yield functools.partial(_deflate_window, data, off // GRAIN, level)
+
+    run_ordered(jobs(), take, workers=workers, name="vmdk")
     flush_table()
     gd_sectors = max(1, -(-tables * 4 // SECTOR))
     gd = struct.pack(f"<{tables}I", *directory)
