@@ -39,8 +39,9 @@ trap 'qa/cluster.sh down >/dev/null 2>&1 || true; cleanup' EXIT
 echo; echo "== a throw-away Ganeti cluster (qa/cluster.sh up) and the plugin (tools/install.sh)"
 qa/cluster.sh up
 tools/install.sh --prefix "$prefix"
-g() { echo "# $*"; ip netns exec ovfqa env PATH="$prefix/sbin:$PATH" "$@"; }
-node=$(ip netns exec ovfqa gnt-cluster getmaster)
+# On the master (node 1), in its network and mount namespaces.
+g() { echo "# $*"; qa/cluster.sh run env PATH="$prefix/sbin:$PATH" "$@"; }
+node=$(qa/cluster.sh run gnt-cluster getmaster)
 echo
 g gnt-backup import --ovf "$ova" -o noop -n "$node" -t file \
   --no-name-check --no-ip-check demo-vm

@@ -2,8 +2,8 @@
 # The whole test suite: lint, then unit + integration + corpus + CLI tests
 # (real qemu-img, lxml, files) on Debian's python3 as a Ganeti node runs it,
 # the packaging checks (tools/check-wheel.sh; qa/deb.sh check as root), then
-# the QA against a real single-node Ganeti cluster (qa/run.sh; needs root;
-# SKIP_QA=1 skips it and the .deb check).  Extra arguments go to pytest.
+# the QA against a real three-node Ganeti cluster (qa/run.sh; needs root;
+# SKIP_QA=1 skips it, the .deb check and the demo), then tools/demo.sh.  Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
@@ -26,4 +26,8 @@ elif [[ $EUID -ne 0 ]]; then
   echo "QA skipped: it needs root (a Ganeti cluster in a network namespace)"
 else
   qa/run.sh
+  # The README's first command, cluster part included, as an operator runs it.
+  tools/demo.sh > "${TMPDIR:-/tmp}/ganeti-ovf-demo.log" 2>&1 \
+    || { tail -n 40 "${TMPDIR:-/tmp}/ganeti-ovf-demo.log"; echo "demo failed" >&2; exit 1; }
+  echo "demo: OK (tools/demo.sh, import and export on a throw-away cluster)"
 fi
