@@ -3,7 +3,8 @@
 # (real qemu-img, lxml, files) on Debian's python3 as a Ganeti node runs it,
 # the packaging checks (tools/check-wheel.sh; qa/deb.sh check as root), then
 # the QA against a real three-node Ganeti cluster (qa/run.sh; needs root;
-# SKIP_QA=1 skips it, the .deb check and the demo), then tools/demo.sh.  Extra arguments go to pytest.
+# SKIP_QA=1 skips it, the .deb check and the demo), then tools/demo.sh.
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
