@@ -25,9 +25,9 @@ inflated twice and no two readers can see different disks:
   as sequential ones do, would put it elsewhere);
 * a grain inflates to exactly its size (the last one at least to the
   capacity), and the file is whole 512-byte sectors;
-* grains are 8 to 2048 sectors and grain tables 512 entries (every
-  producer writes 128 and 512), so the work per byte of the file is
-  bounded.
+* grains are 8 to 128 sectors and grain tables 512 entries (every
+  producer writes 128 and 512), and every stored grain takes a sector of
+  its own, so what is inflated is at most 128 times the file's bytes.
 """
 
 from __future__ import annotations
@@ -57,7 +57,10 @@ FLAG_MARKER = 1 << 17
 #: The VMDK spec: "grainSize must be a power of 2 and must be greater than
 #: 8 (4 KB)"; every tool writes 128.
 MIN_GRAIN_SECTORS = 8
-MAX_GRAIN_SECTORS = 2048  # compressed: a grain is inflated whole, in memory
+#: Compressed grains are at most this (what every producer writes): each
+#: stored grain takes at least a sector of the file, so what is inflated
+#: stays within 128 times the file's bytes.
+MAX_GRAIN_SECTORS = 128
 MAX_GTES = 512  # qemu: "L2 table size too big" above
 _GTE_ZEROED = 1
 # magic, version, flags, capacity, grainSize, descriptorOffset, descriptorSize,
@@ -347,7 +350,8 @@ def _records(img: _Image, h: Header, payload: bool = True) -> Iterator[_Record]:
                                      f"{index * h.grain}", img.name)
             length = marker + size
             end = start + length
-            if not 0 < size <= 2 * grain_bytes or end > img.size:  # qemu's bound, the file's
+            # qemu reads two grains from the marker on: the stream must lie in them.
+            if not 0 < size <= 2 * grain_bytes - marker or end > img.size:
                 raise DiskImageError(f"{where} claims {size} compressed bytes, more than a "
                                      f"grain of {grain_bytes} or the image can hold", img.name)
         if payload:
@@ -448,8 +452,11 @@ def convert(src: ByteRange, layout: Layout, dest: str, *, name: str,
             run_ordered(jobs(img), take, workers=workers, name="vmdk-in")
         # No fsync, as qemu-img convert (cache=unsafe): the dump is staging
         # that Ganeti reads next, and a crash discards it anyway.
-    except OSError as e:
-        raise no_space(e, dest, DiskImageError) or DiskImageError(
-            f"cannot write {dest!r}: {e.strerror or e}", dest) from e
+    except BaseException as e:
+        os.unlink(dest)  # ours (O_EXCL): a partial disk is no disk
+        if isinstance(e, OSError):
+            raise no_space(e, dest, DiskImageError) or DiskImageError(
+                f"cannot write {dest!r}: {e.strerror or e}", dest) from e
+        raise
     finally:
         os.close(out)
