@@ -394,7 +394,7 @@ def _write(fd: int, pos: int, data: bytes, dest: str) -> None:
                 run = -1
     except OSError as e:
         raise no_space(e, dest, DiskImageError) or DiskImageError(
-            f"cannot write {dest!r}: {e.strerror or e}", dest) from e
+            f"cannot write: {e.strerror or e}", dest) from e
 
 
 def _convert_batch(fd: int, batch: list[_Record], h: Header, dest: str,
@@ -423,7 +423,7 @@ def convert(src: ByteRange, layout: Layout, dest: str, *, name: str,
     try:
         out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as e:
-        raise DiskImageError(f"cannot create {dest!r}: {e.strerror or e}", dest) from e
+        raise DiskImageError(f"cannot create: {e.strerror or e}", dest) from e
     end = 0
 
     def take(spans: list[tuple[int, int]]) -> None:
@@ -456,7 +456,7 @@ def convert(src: ByteRange, layout: Layout, dest: str, *, name: str,
         os.unlink(dest)  # ours (O_EXCL): a partial disk is no disk
         if isinstance(e, OSError):
             raise no_space(e, dest, DiskImageError) or DiskImageError(
-                f"cannot write {dest!r}: {e.strerror or e}", dest) from e
+                f"cannot write: {e.strerror or e}", dest) from e
         raise
     finally:
         os.close(out)

@@ -410,3 +410,20 @@ def test_import_of_a_stream_optimized_ova_converts_by_our_reader(build, tmp_path
     subs = [c.args[1][0] for c in ran.call_args_list]
     assert subs == ["info"], subs
     assert (Path(result.path) / "disk0.raw").read_bytes() == raws[0]
+
+
+def test_disk_larger_than_the_file_system_allows(tmp_path):
+    """20 TiB declared: ext4 (16 TiB files) refuses the dump, which ends in
+    one line naming it and leaves nothing; a file system that takes it
+    gets the whole disk."""
+    img = ours_vmdk(raw_with(tmp_path / "in.raw", MIB, [(0, b"q" * MIB)]),
+                    tmp_path / "d.vmdk", 20 * TIB)
+    fmt, info = diskmod.inspect(whole(img), name="d.vmdk")
+    dest = tmp_path / "o.raw"
+    try:
+        diskmod.convert_to_raw(whole(img), fmt, str(dest), name="d.vmdk", inspected=info)
+    except DiskImageError as e:
+        assert str(e) == f"{dest}: cannot write: {os.strerror(errno.EFBIG)}"
+        assert not dest.exists()
+    else:
+        assert dest.stat().st_size == 20 * TIB
