@@ -254,6 +254,40 @@ def _refuse_existing(dest: str) -> None:
 
 
 @contextlib.contextmanager
+def _locked_stage(dest: str) -> Iterator[list[str | None]]:
+    """What :func:`staging` and :func:`staging_file` share: refuse an
+    existing ``dest``, clear stale staging, then a new locked staging
+    directory, held as ``[path]``; it is removed on the way out unless the
+    caller set the path to None (published)."""
+    _refuse_existing(dest)
+    parent = _parent(dest)
+    clear_stale(parent)
+    held: list[str | None] = [None]
+    fd = -1
+    try:
+        with signals_held():
+            held[0], fd = _new_stage(dest, parent)
+        yield held
+    finally:
+        if held[0] is not None:
+            shutil.rmtree(held[0], ignore_errors=True)
+        if fd >= 0:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _publishing(dest: str) -> Iterator[None]:
+    """Count ``dest`` as published before it is: a signal from here on is
+    too late to undo it, unless publishing itself fails."""
+    _published.append(dest)
+    try:
+        yield
+    except BaseException:
+        _published.remove(dest)
+        raise
+
+
+@contextlib.contextmanager
 def staging(dest: str) -> Iterator[str]:
     """A new staging directory renamed to ``dest`` on success.
 
@@ -262,32 +296,16 @@ def staging(dest: str) -> Iterator[str]:
     directory's mode 0700: its files hold guest data (Ganeti's own export
     directories are 0750 with root-only dumps; root reads either).
     """
-    _refuse_existing(dest)
-    parent = _parent(dest)
-    clear_stale(parent)
-    tmp: str | None = None
-    fd = -1
-    try:
-        with signals_held():
-            tmp, fd = _new_stage(dest, parent)
+    with _locked_stage(dest) as held:
+        tmp = held[0]
+        assert tmp is not None
         yield tmp
         with signals_held():
             if os.path.lexists(dest):
                 raise ExportDirError("appeared while we worked; not replaced", dest)
-            _published.append(dest)  # first: a signal from here on is too late
-            try:
+            with _publishing(dest):
                 _rename_noreplace(tmp, dest)
-            except BaseException:
-                _published.remove(dest)
-                raise
-            tmp = None
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if fd >= 0:
-            os.close(fd)
+            held[0] = None
 
 
 @contextlib.contextmanager
@@ -300,14 +318,9 @@ def staging_file(dest: str) -> Iterator[str]:
     (rename is the fallback on file systems without hard links).  On any
     exception, KeyboardInterrupt included, the staging directory goes.
     """
-    _refuse_existing(dest)
-    parent = _parent(dest)
-    clear_stale(parent)
-    stage: str | None = None
-    fd = -1
-    try:
-        with signals_held():
-            stage, fd = _new_stage(dest, parent)
+    with _locked_stage(dest) as held:
+        stage = held[0]
+        assert stage is not None
         tmp = os.path.join(stage, os.path.basename(dest))
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600))
@@ -318,25 +331,12 @@ def staging_file(dest: str) -> Iterator[str]:
         finally:
             os.close(out)
         with signals_held():
-            _published.append(dest)  # first: a signal from here on is too late
-            try:
+            with _publishing(dest):
                 _publish_file(tmp, dest)
-            except BaseException:
-                _published.remove(dest)
-                raise
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
                 os.rmdir(stage)
-                stage = None
-    except BaseException:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-        raise
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    if stage is not None:
-        shutil.rmtree(stage, ignore_errors=True)
+                held[0] = None
 
 
 _RENAME_NOREPLACE = 1
