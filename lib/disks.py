@@ -372,17 +372,19 @@ def inspect(src: ByteRange, *, name: str, limit: int | None = None,
     """
     fmt = detect_format(src, name=name)
     check_declared(declared, fmt, name=name, path=path)
+    return fmt, _inspect_as(src, fmt, name=name, limit=limit, path=path)
+
+
+def _inspect_as(src: ByteRange, fmt: str, *, name: str, limit: int | None = None,
+                path: str | None = None) -> ImageInfo:
+    """:func:`inspect` once the format is known: the VMDK header's bounds,
+    ``info``, the size, check_safe, then the metadata check -- qemu-img's,
+    or for a compressed VMDK our reading of its grain tables (qemu-img
+    walks those grain by grain, in time that grows with the declared
+    capacity)."""
     header = vmdkreader.check_header(src, name=name) if fmt == "vmdk" else None
     info = image_info(src, fmt, name=name)
     check_size(info.virtual_size, name=name, limit=limit, path=path)
-    return fmt, _checked(src, info, header, name)
-
-
-def _checked(src: ByteRange, info: ImageInfo, header: vmdkreader.Header | None,
-             name: str) -> ImageInfo:
-    """check_safe, then the metadata check: qemu-img's, or for a compressed
-    VMDK our reading of its grain tables (qemu-img walks those grain by
-    grain, in time that grows with the declared capacity)."""
     check_safe(info, name=name)
     if header is None or not header.compressed:
         check_image(src, info.format, name=name)
@@ -444,12 +446,7 @@ def convert_to_raw(src: ByteRange, fmt: str, dest: str, *, name: str,
     block devices, and on a sparse file they fragment it.  CPU is bounded
     in proportion to the virtual size (:data:`CONVERT_BYTES_PER_CPU_SECOND`).
     """
-    info = inspected
-    if info is None:
-        header = vmdkreader.check_header(src, name=name) if fmt == "vmdk" else None
-        info = image_info(src, fmt, name=name)
-        check_size(info.virtual_size, name=name)
-        info = _checked(src, info, header, name)
+    info = inspected if inspected is not None else _inspect_as(src, fmt, name=name)
     if info.stream is not None:
         vmdkreader.convert(src, info.stream, os.path.abspath(dest), name=name)
         return
